@@ -1,0 +1,385 @@
+//! A book and the value types it is made of. Each type can only be built
+//! valid ("parse, don't validate"): once a handler holds a `BookDraft`, every
+//! rule below has been checked.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FieldError, Rule, ValidationErrors};
+
+/// Checks a free-text field: trimmed, non-empty, at most `max` characters
+/// (Unicode scalar values), no control characters.
+fn parse_text(field: &'static str, raw: &str, max: usize) -> Result<String, FieldError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(FieldError::new(field, Rule::Required, "must not be empty"));
+    }
+    let len = trimmed.chars().count();
+    if len > max {
+        return Err(FieldError::new(
+            field,
+            Rule::TooLong,
+            format!("must be at most {max} characters, got {len}"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            Rule::ControlCharacter,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const MAX_CHARS: usize = $max;
+
+            pub fn parse(raw: &str) -> Result<Self, FieldError> {
+                parse_text($field, raw, Self::MAX_CHARS).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = FieldError;
+
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(&raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+text_type!(
+    /// A book's title: 1 to 200 characters once trimmed, no control characters.
+    Title,
+    "title",
+    200
+);
+
+text_type!(
+    /// A book's author: 1 to 100 characters once trimmed, no control characters.
+    Author,
+    "author",
+    100
+);
+
+/// The year a book was published: an integer from -3000 (3001 BCE) to 2100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i32")]
+pub struct PublishedYear(i32);
+
+impl PublishedYear {
+    pub const MIN: i32 = -3000;
+    pub const MAX: i32 = 2100;
+
+    pub fn parse(raw: i64) -> Result<Self, FieldError> {
+        match i32::try_from(raw) {
+            Ok(year) if (Self::MIN..=Self::MAX).contains(&year) => Ok(Self(year)),
+            _ => Err(FieldError::new(
+                "publishedYear",
+                Rule::OutOfRange,
+                format!(
+                    "must be an integer from {} to {}, got {raw}",
+                    Self::MIN,
+                    Self::MAX
+                ),
+            )),
+        }
+    }
+
+    pub fn value(self) -> i32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for PublishedYear {
+    type Error = FieldError;
+
+    fn try_from(raw: i64) -> Result<Self, Self::Error> {
+        Self::parse(raw)
+    }
+}
+
+impl From<PublishedYear> for i32 {
+    fn from(value: PublishedYear) -> Self {
+        value.0
+    }
+}
+
+/// A book's identity: 24 hexadecimal digits (the text form of a MongoDB
+/// ObjectId), kept in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BookId(String);
+
+impl BookId {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.len() == 24 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(raw.to_ascii_lowercase()))
+        } else {
+            Err(FieldError::new(
+                "id",
+                Rule::Format,
+                "must be 24 hexadecimal digits",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BookId {
+    type Error = FieldError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<BookId> for String {
+    fn from(value: BookId) -> Self {
+        value.0
+    }
+}
+
+impl std::fmt::Display for BookId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The validated content of a create (and, later, replace) command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookDraft {
+    pub title: Title,
+    pub author: Author,
+    pub published_year: PublishedYear,
+}
+
+impl BookDraft {
+    /// Validates every field and reports every failure, not just the first.
+    pub fn parse(title: &str, author: &str, published_year: i64) -> Result<Self, ValidationErrors> {
+        let title = Title::parse(title);
+        let author = Author::parse(author);
+        let published_year = PublishedYear::parse(published_year);
+        match (title, author, published_year) {
+            (Ok(title), Ok(author), Ok(published_year)) => Ok(Self {
+                title,
+                author,
+                published_year,
+            }),
+            (title, author, year) => Err(ValidationErrors(
+                [title.err(), author.err(), year.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// The full state of a book, as carried by events and served by reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BookState {
+    pub title: Title,
+    pub author: Author,
+    pub published_year: PublishedYear,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A book with its identity and version (1 on create, +1 per change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Book {
+    #[serde(rename = "_id")]
+    pub id: BookId,
+    #[serde(flatten)]
+    pub state: BookState,
+    pub version: u64,
+}
+
+impl Book {
+    /// The first version of a book created from `draft` at `now`.
+    pub fn create(id: BookId, draft: BookDraft, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            state: BookState {
+                title: draft.title,
+                author: draft.author,
+                published_year: draft.published_year,
+                created_at: now,
+                updated_at: now,
+            },
+            version: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_of<T: std::fmt::Debug>(result: Result<T, FieldError>) -> (&'static str, Rule) {
+        let err = result.unwrap_err();
+        (err.field, err.rule)
+    }
+
+    #[test]
+    fn title_is_trimmed() {
+        assert_eq!(Title::parse("  Dune \n").unwrap().as_str(), "Dune");
+    }
+
+    #[test]
+    fn empty_or_blank_title_is_required() {
+        assert_eq!(rule_of(Title::parse("")), ("title", Rule::Required));
+        assert_eq!(rule_of(Title::parse(" \t\n ")), ("title", Rule::Required));
+    }
+
+    #[test]
+    fn title_of_200_characters_is_accepted_and_201_rejected() {
+        // Multi-byte characters count once each.
+        assert!(Title::parse(&"é".repeat(200)).is_ok());
+        assert_eq!(
+            rule_of(Title::parse(&"é".repeat(201))),
+            ("title", Rule::TooLong)
+        );
+    }
+
+    #[test]
+    fn control_characters_inside_a_title_are_rejected() {
+        assert_eq!(
+            rule_of(Title::parse("Du\u{0}ne")),
+            ("title", Rule::ControlCharacter)
+        );
+        assert_eq!(
+            rule_of(Title::parse("Du\nne")),
+            ("title", Rule::ControlCharacter)
+        );
+    }
+
+    #[test]
+    fn author_rules_name_the_author_field() {
+        assert_eq!(rule_of(Author::parse("  ")), ("author", Rule::Required));
+        assert!(Author::parse(&"a".repeat(100)).is_ok());
+        assert_eq!(
+            rule_of(Author::parse(&"a".repeat(101))),
+            ("author", Rule::TooLong)
+        );
+        assert_eq!(
+            rule_of(Author::parse("a\u{7f}b")),
+            ("author", Rule::ControlCharacter)
+        );
+    }
+
+    #[test]
+    fn published_year_bounds_are_inclusive() {
+        assert_eq!(PublishedYear::parse(-3000).unwrap().value(), -3000);
+        assert_eq!(PublishedYear::parse(2100).unwrap().value(), 2100);
+        assert_eq!(
+            rule_of(PublishedYear::parse(-3001)),
+            ("publishedYear", Rule::OutOfRange)
+        );
+        assert_eq!(
+            rule_of(PublishedYear::parse(2101)),
+            ("publishedYear", Rule::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn published_year_beyond_i32_is_out_of_range_not_truncated() {
+        assert_eq!(
+            rule_of(PublishedYear::parse(i64::from(i32::MAX) + 2024)),
+            ("publishedYear", Rule::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn book_id_accepts_24_hex_digits_and_lowercases_them() {
+        let id = BookId::parse("65A1B2C3D4E5F60718293A4B").unwrap();
+        assert_eq!(id.as_str(), "65a1b2c3d4e5f60718293a4b");
+    }
+
+    #[test]
+    fn book_id_rejects_other_shapes() {
+        for raw in [
+            "",
+            "123",
+            "65a1b2c3d4e5f60718293a4",
+            "65a1b2c3d4e5f60718293a4bz",
+            "zza1b2c3d4e5f60718293a4b",
+        ] {
+            assert_eq!(rule_of(BookId::parse(raw)), ("id", Rule::Format), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn draft_reports_every_invalid_field_at_once() {
+        let errors = BookDraft::parse("", "x".repeat(101).as_str(), 3000).unwrap_err();
+        let fields: Vec<_> = errors.0.iter().map(|e| (e.field, e.rule)).collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("title", Rule::Required),
+                ("author", Rule::TooLong),
+                ("publishedYear", Rule::OutOfRange)
+            ]
+        );
+    }
+
+    #[test]
+    fn created_book_starts_at_version_one_with_equal_timestamps() {
+        let draft = BookDraft::parse("Dune", "Frank Herbert", 1965).unwrap();
+        let now = Utc::now();
+        let book = Book::create(BookId::parse(&"a".repeat(24)).unwrap(), draft, now);
+        assert_eq!(book.version, 1);
+        assert_eq!(book.state.created_at, now);
+        assert_eq!(book.state.updated_at, now);
+    }
+
+    #[test]
+    fn book_serializes_with_the_tutorial_field_names() {
+        let draft = BookDraft::parse("Dune", "Frank Herbert", 1965).unwrap();
+        let now = "2024-05-01T10:00:00.123Z".parse().unwrap();
+        let book = Book::create(BookId::parse(&"a".repeat(24)).unwrap(), draft, now);
+        assert_eq!(
+            serde_json::to_value(&book).unwrap(),
+            serde_json::json!({
+                "_id": "aaaaaaaaaaaaaaaaaaaaaaaa",
+                "title": "Dune",
+                "author": "Frank Herbert",
+                "publishedYear": 1965,
+                "createdAt": "2024-05-01T10:00:00.123Z",
+                "updatedAt": "2024-05-01T10:00:00.123Z",
+                "version": 1
+            })
+        );
+    }
+}
