@@ -1,0 +1,282 @@
+//! The HTTP pieces both services share: a JSON body extractor whose every
+//! rejection is a precise problem+json, the layers every route gets
+//! (request id, tracing, body limit, panic guard) and the fallbacks for
+//! unknown routes and methods.
+
+use std::time::Duration;
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, Request},
+    http::{header, HeaderMap, HeaderName, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use serde::de::DeserializeOwned;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+
+use crate::problem::{FieldProblem, Problem, ProblemKind};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A JSON request body. Unlike `axum::Json`, every way a body can be wrong
+/// is answered with problem+json that names the field and the rule:
+/// 415 when it is not declared as JSON, 413 over the body limit, 400 when it
+/// is not JSON, 422 when a field is missing, unknown or of the wrong type.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(Problem::new(
+                ProblemKind::UnsupportedMediaType,
+                "send the body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(ProblemKind::PayloadTooLarge, rejection.body_text())
+            } else {
+                Problem::new(ProblemKind::MalformedJson, rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+    else {
+        return false;
+    };
+    content_type.type_() == mime::APPLICATION
+        && (content_type.subtype() == mime::JSON || content_type.suffix() == Some(mime::JSON))
+}
+
+/// Parses `bytes` as a JSON object into a `T`, turning serde's error into a
+/// problem that names the offending field. Bodies must be objects: serde
+/// would otherwise also read a struct from an array of its field values.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // A body that is not JSON at all is a 400 whatever else is wrong with it.
+    let malformed = |bytes: &[u8]| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .err()
+            .map(|error| Problem::new(ProblemKind::MalformedJson, without_position(&error)))
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        if let Some(problem) = malformed(bytes) {
+            return Err(problem);
+        }
+        return Err(Problem::validation(vec![FieldProblem {
+            field: "body".to_owned(),
+            rule: "invalidType".to_owned(),
+            detail: "the body must be a JSON object".to_owned(),
+        }]));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_data() {
+            malformed(bytes)
+                .unwrap_or_else(|| Problem::validation(vec![field_problem(&path, &inner)]))
+        } else {
+            Problem::new(ProblemKind::MalformedJson, without_position(&inner))
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| Problem::new(ProblemKind::MalformedJson, without_position(&error)))?;
+    Ok(value)
+}
+
+/// serde's message without its " at line L column C" suffix.
+fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_owned(),
+        None => message,
+    }
+}
+
+/// The name between the first pair of backticks in a serde message.
+fn quoted_name(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+fn field_problem(path: &str, error: &serde_json::Error) -> FieldProblem {
+    let detail = without_position(error);
+    let at = |name: &str| {
+        if path == "." || path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let (field, rule) =
+        if let Some(name) = detail.strip_prefix("missing field ").and_then(quoted_name) {
+            // A missing field is reported at its parent's path.
+            (at(name), "required")
+        } else if detail.starts_with("unknown field ") {
+            (path.to_owned(), "unknownField")
+        } else if path == "." || path.is_empty() {
+            ("body".to_owned(), "invalidType")
+        } else {
+            (path.to_owned(), "invalidType")
+        };
+    FieldProblem {
+        field,
+        rule: rule.to_owned(),
+        detail,
+    }
+}
+
+/// Answers every unknown route with a 404 problem.
+pub async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        ProblemKind::NotFound,
+        format!("no route for {}", uri.path()),
+    )
+}
+
+/// Answers a known route called with the wrong method with a 405 problem.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        ProblemKind::MethodNotAllowed,
+        "this route does not accept that method",
+    )
+}
+
+fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic message is already in the log; it is not the client's to see.
+    Problem::new(ProblemKind::Internal, "an unexpected error occurred").into_response()
+}
+
+/// Wraps `router` in the layers every service route gets: problem+json
+/// fallbacks, a body size limit, an `x-request-id` on every request (kept if
+/// the client sent one) echoed in the response and in every log line of the
+/// request, and a guard that turns a panic into a 500 problem.
+pub fn with_common_layers(router: Router, body_limit: usize) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_to_problem))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        uri = %request.uri().path(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// How long graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Body {
+        title: String,
+        published_year: i64,
+    }
+
+    fn problem(raw: &str) -> Problem {
+        parse_json::<Body>(raw.as_bytes()).unwrap_err()
+    }
+
+    fn field_and_rule(raw: &str) -> (String, String) {
+        let p = problem(raw);
+        assert_eq!(p.kind(), ProblemKind::Validation, "{raw}");
+        (p.errors()[0].field.clone(), p.errors()[0].rule.clone())
+    }
+
+    #[test]
+    fn syntax_errors_and_truncation_are_malformed_json() {
+        for raw in [
+            "",
+            "{",
+            "{\"title\": \"x\",",
+            "not json",
+            "{\"title\":\"x\",\"publishedYear\":1} trailing",
+            "{\"title\":\"x\"} {}",
+        ] {
+            assert_eq!(problem(raw).kind(), ProblemKind::MalformedJson, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn missing_field_is_named_as_required() {
+        assert_eq!(
+            field_and_rule(r#"{"title":"x"}"#),
+            ("publishedYear".into(), "required".into())
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        assert_eq!(
+            field_and_rule(r#"{"title":"x","publishedYear":1,"isbn":"1"}"#),
+            ("isbn".into(), "unknownField".into())
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        assert_eq!(
+            field_and_rule(r#"{"title":{"$gt":""},"publishedYear":1}"#),
+            ("title".into(), "invalidType".into())
+        );
+        assert_eq!(
+            field_and_rule(r#"{"title":"x","publishedYear":"1999"}"#),
+            ("publishedYear".into(), "invalidType".into())
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_an_invalid_type() {
+        assert_eq!(
+            field_and_rule("[1,2]"),
+            ("body".into(), "invalidType".into())
+        );
+        assert_eq!(
+            field_and_rule("null"),
+            ("body".into(), "invalidType".into())
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! What both book services share: logging setup, the problem+json error
+//! body, the HTTP layers every route gets, shutdown on signals, health
+//! checks and connections to MongoDB and Redis.
+
+pub mod connect;
+pub mod env;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod problem;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use connect::RedactedUrl;
+pub use error::ApiError;
+pub use problem::Problem;
