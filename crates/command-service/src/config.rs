@@ -1,0 +1,51 @@
+//! Settings, read once from the environment (see `.env.example`).
+
+use std::{net::IpAddr, time::Duration};
+
+use platform::{env, RedactedUrl};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`HOST`, default 0.0.0.0).
+    pub host: IpAddr,
+    /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
+    pub port: u16,
+    /// MongoDB connection string (`MONGO_URL`).
+    pub mongo_url: RedactedUrl,
+    /// Database of the write model (`WRITE_DB_NAME`, default `books_write`).
+    pub database: String,
+    /// Redis connection string (`REDIS_URL`).
+    pub redis_url: RedactedUrl,
+    /// Stream the events are appended to (`EVENTS_STREAM`, default `books:events`).
+    pub stream: String,
+    /// How long a MongoDB or Redis operation may wait for its server
+    /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
+    pub dependency_timeout: Duration,
+    /// How often the relay looks for events left pending
+    /// (`OUTBOX_SWEEP_INTERVAL_MS`, default 1000).
+    pub outbox_sweep_interval: Duration,
+    /// Base URL of the query service, for the `Location` of created books
+    /// (`QUERY_BASE_URL`, default `http://localhost:5001`).
+    pub query_base_url: String,
+    /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`, default 16384).
+    pub body_limit: usize,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            port: env::parse("PORT", 5000)?,
+            mongo_url: RedactedUrl::new(env::string("MONGO_URL", "mongodb://127.0.0.1:27017")),
+            database: env::string("WRITE_DB_NAME", "books_write"),
+            redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
+            stream: env::string("EVENTS_STREAM", "books:events"),
+            dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+            outbox_sweep_interval: env::millis("OUTBOX_SWEEP_INTERVAL_MS", 1000)?,
+            query_base_url: env::string("QUERY_BASE_URL", "http://localhost:5001")
+                .trim_end_matches('/')
+                .to_owned(),
+            body_limit: env::parse("BODY_LIMIT_BYTES", 16 * 1024)?,
+        })
+    }
+}

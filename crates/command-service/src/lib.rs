@@ -1,0 +1,10 @@
+//! command-service: validates book commands, stores each book together with
+//! the event it causes in one MongoDB document write, and relays those
+//! events to a Redis Stream (and Pub/Sub) without losing any.
+
+pub mod config;
+pub mod relay;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod store;

@@ -1,0 +1,248 @@
+//! The outbox relay: appends each pending event to the Redis Stream,
+//! PUBLISHes it on the channel named after its type (for tutorial-era
+//! listeners), then clears it from its book's outbox.
+//!
+//! New events arrive through a channel from the request that wrote them and
+//! go out at once, batched into one Redis pipeline and one MongoDB update.
+//! A periodic sweep finds whatever is still pending: events of a process that
+//! crashed, events that could not be published while Redis was down, events
+//! dropped when the channel was full. A crash between the append and the
+//! clear re-sends the event: delivery is at-least-once, and the query side
+//! is idempotent.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{BookStore, ClearGuard, PendingBook, Published};
+
+/// Most events handled in one pipeline.
+const BATCH: usize = 256;
+/// Capacity of the channel from handlers to the relay. When it is full the
+/// event simply waits in MongoDB for the next sweep.
+const CHANNEL_CAPACITY: usize = 4096;
+/// How old a pending event must be before the sweep takes it, so the sweep
+/// does not race the immediate path for events it is about to publish.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// The longest wait between sweeps while Redis or MongoDB keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A freshly written event, handed to the relay by the request that wrote it.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub book_id: ObjectId,
+    pub event_type: &'static str,
+    pub json: String,
+}
+
+/// The handlers' end of the relay.
+#[derive(Clone)]
+pub struct OutboxNotifier(mpsc::Sender<Outgoing>);
+
+impl OutboxNotifier {
+    /// Asks the relay to publish now. Never blocks and never fails the
+    /// request: the event is already stored, and the sweep will publish it
+    /// if the relay cannot take it now.
+    pub fn notify(&self, outgoing: Outgoing) {
+        if let Err(error) = self.0.try_send(outgoing) {
+            tracing::debug!(%error, "relay busy; the sweep will publish the event");
+        }
+    }
+}
+
+pub struct Relay {
+    store: BookStore,
+    redis: ConnectionManager,
+    stream: String,
+    sweep_interval: Duration,
+    receiver: mpsc::Receiver<Outgoing>,
+}
+
+impl Relay {
+    pub fn new(
+        store: BookStore,
+        redis: ConnectionManager,
+        stream: String,
+        sweep_interval: Duration,
+    ) -> (Self, OutboxNotifier) {
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let relay = Self {
+            store,
+            redis,
+            stream,
+            sweep_interval,
+            receiver,
+        };
+        (relay, OutboxNotifier(sender))
+    }
+
+    /// Runs until `shutdown` is cancelled. Sweeps once at start (with no
+    /// grace: nothing of this process is in flight yet), then publishes new
+    /// events as they come and sweeps on a timer, backing off while a
+    /// dependency is down.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = self.sweep_interval;
+        let mut next_sweep = tokio::time::Instant::now();
+        let mut grace = Duration::ZERO;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                // The sweep comes before new events so that a steady stream
+                // of requests cannot starve it.
+                biased;
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(next_sweep) => {
+                    match self.sweep(grace).await {
+                        Ok(()) => backoff = self.sweep_interval,
+                        Err(error) => {
+                            tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "outbox sweep failed");
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                    grace = SWEEP_GRACE;
+                    next_sweep = tokio::time::Instant::now() + backoff;
+                }
+                received = self.receiver.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    if let Err(error) = self.publish_new(&mut batch).await {
+                        tracing::warn!(error = format!("{error:#}"), "publishing new events failed; the sweep will retry");
+                    }
+                }
+            }
+        }
+        // Publish what the handlers already handed over; the rest waits in
+        // MongoDB for the next start.
+        self.receiver.close();
+        while self.receiver.recv_many(&mut batch, BATCH).await > 0 {
+            if self.publish_new(&mut batch).await.is_err() {
+                break;
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn publish_new(&mut self, batch: &mut Vec<Outgoing>) -> anyhow::Result<()> {
+        let events: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|o| (o.event_type, o.json.as_str()))
+            .collect();
+        self.append(&events).await?;
+        let published: Vec<Published> = batch
+            .drain(..)
+            .map(|o| Published {
+                id: o.book_id,
+                guard: ClearGuard::OutboxUnchanged,
+                events: vec![o.json],
+            })
+            .collect();
+        self.store.clear(&published).await?;
+        Ok(())
+    }
+
+    /// Publishes every event still pending since before `now - grace`, in
+    /// batches, oldest first.
+    async fn sweep(&mut self, grace: Duration) -> anyhow::Result<()> {
+        loop {
+            let cutoff = Utc::now() - grace;
+            let pending = self.store.pending(cutoff, BATCH as i64).await?;
+            let full = pending.len() == BATCH;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let events: Vec<(&str, &str)> = pending
+                .iter()
+                .flat_map(|p| {
+                    p.events
+                        .iter()
+                        .map(|json| (event_type_of(json), json.as_str()))
+                })
+                .collect();
+            let count = events.len();
+            self.append(&events).await?;
+            let published: Vec<Published> = pending
+                .into_iter()
+                .map(PendingBook::into_published)
+                .collect();
+            self.store.clear(&published).await?;
+            tracing::info!(events = count, "published events left pending");
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// XADD and PUBLISH each event, in order, in one pipeline.
+    async fn append(&mut self, events: &[(&str, &str)]) -> redis::RedisResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (event_type, json) in events {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("type")
+                .arg(*event_type)
+                .arg("data")
+                .arg(*json)
+                .ignore();
+            pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis).await
+    }
+}
+
+impl PendingBook {
+    fn into_published(self) -> Published {
+        Published {
+            id: self.id,
+            guard: ClearGuard::Version(self.version),
+            events: self.events,
+        }
+    }
+}
+
+/// The `type` of a stored event. Stored events are written by this service,
+/// so an unreadable one is a bug; it still goes out, typed `unknown`, so
+/// that it cannot block the outbox and the consumer dead-letters it.
+fn event_type_of(json: &str) -> &'static str {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        event_type: domain::EventType,
+    }
+    match serde_json::from_str::<TypeOnly>(json) {
+        Ok(t) => t.event_type.as_str(),
+        Err(error) => {
+            tracing::error!(%error, "stored event has no readable type");
+            "unknown"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_is_read_from_the_stored_json() {
+        assert_eq!(
+            event_type_of(r#"{"type":"bookCreated","version":1}"#),
+            "bookCreated"
+        );
+        assert_eq!(event_type_of(r#"{"type":"bookDeleted"}"#), "bookDeleted");
+    }
+
+    #[test]
+    fn unreadable_stored_event_is_typed_unknown() {
+        assert_eq!(event_type_of("{}"), "unknown");
+        assert_eq!(event_type_of("not json"), "unknown");
+    }
+}

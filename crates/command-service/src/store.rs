@@ -1,0 +1,175 @@
+//! The write model in MongoDB. A book document carries its pending events in
+//! an `outbox` array (each the exact JSON that will be published) and the
+//! time the oldest was added in `outboxAt`. Writing a book and its event is
+//! therefore one single-document write: atomic without transactions, on
+//! MongoDB and FerretDB alike.
+
+use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use chrono::{DateTime as ChronoDateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
+
+use domain::Book;
+
+const BOOKS: &str = "books";
+
+/// Events published but not yet cleared from their book's outbox.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: ObjectId,
+    /// Which outbox state may be cleared wholesale.
+    pub guard: ClearGuard,
+    /// The exact JSON of each published event.
+    pub events: Vec<String>,
+}
+
+/// When a whole outbox may be emptied at once; otherwise only the published
+/// events are pulled from it, so events added meanwhile stay pending.
+#[derive(Debug, Clone, Copy)]
+pub enum ClearGuard {
+    /// The outbox still holds exactly the published events.
+    OutboxUnchanged,
+    /// The book is still at this version: the whole outbox was read and
+    /// published at this version.
+    Version(i64),
+}
+
+/// A book with events still waiting for the relay.
+#[derive(Debug, Clone)]
+pub struct PendingBook {
+    pub id: ObjectId,
+    pub version: i64,
+    pub events: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct BookStore {
+    books: Collection<Document>,
+}
+
+impl BookStore {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            books: db.collection(BOOKS),
+        }
+    }
+
+    /// Creates the index the relay's sweep relies on. Idempotent.
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let index = IndexModel::builder()
+            .keys(doc! { "outboxAt": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("outboxAt_1".to_owned())
+                    .build(),
+            )
+            .build();
+        self.books.create_index(index).await?;
+        Ok(())
+    }
+
+    /// Stores a new book and its creation event in one document write.
+    #[tracing::instrument(skip_all, fields(book_id = %id))]
+    pub async fn insert(
+        &self,
+        id: ObjectId,
+        book: &Book,
+        event_json: &str,
+    ) -> mongodb::error::Result<()> {
+        let now = DateTime::now();
+        let document = doc! {
+            "_id": id,
+            "title": book.state.title.as_str(),
+            "author": book.state.author.as_str(),
+            "publishedYear": book.state.published_year.value(),
+            "version": to_i64(book.version),
+            "createdAt": DateTime::from_chrono(book.state.created_at),
+            "updatedAt": DateTime::from_chrono(book.state.updated_at),
+            "outbox": [event_json],
+            "outboxAt": now,
+        };
+        self.books.insert_one(document).await?;
+        Ok(())
+    }
+
+    /// Books whose oldest pending event was added at or before `cutoff`,
+    /// oldest first.
+    pub async fn pending(
+        &self,
+        cutoff: ChronoDateTime<Utc>,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<PendingBook>> {
+        let cursor = self
+            .books
+            .find(doc! { "outboxAt": { "$lte": DateTime::from_chrono(cutoff) } })
+            .sort(doc! { "outboxAt": 1 })
+            .limit(limit)
+            .projection(doc! { "version": 1, "outbox": 1 })
+            .await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|d| {
+                let id = d.get_object_id("_id").ok()?;
+                let version = match d.get("version") {
+                    Some(Bson::Int64(v)) => *v,
+                    Some(Bson::Int32(v)) => i64::from(*v),
+                    _ => 0,
+                };
+                let events = d
+                    .get_array("outbox")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|e| e.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(PendingBook {
+                    id,
+                    version,
+                    events,
+                })
+            })
+            .collect())
+    }
+
+    /// Clears published events from their outboxes. One round trip when
+    /// nothing was added meanwhile (the common case); otherwise the published
+    /// events alone are pulled and the rest stays pending for the sweep.
+    pub async fn clear(&self, published: &[Published]) -> mongodb::error::Result<()> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let guards: Vec<Document> = published
+            .iter()
+            .map(|p| match p.guard {
+                ClearGuard::OutboxUnchanged => doc! { "_id": p.id, "outbox": &p.events },
+                ClearGuard::Version(version) => doc! { "_id": p.id, "version": version },
+            })
+            .collect();
+        let result = self
+            .books
+            .update_many(
+                doc! { "$or": guards },
+                doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
+            )
+            .await?;
+        if result.matched_count < published.len() as u64 {
+            // Some outboxes changed meanwhile; pulling what was sent is
+            // idempotent, so do it for all of them.
+            for p in published {
+                self.books
+                    .update_one(
+                        doc! { "_id": p.id },
+                        doc! { "$pullAll": { "outbox": &p.events } },
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_i64(version: u64) -> i64 {
+    i64::try_from(version).expect("versions stay far below i64::MAX")
+}

@@ -1,0 +1,174 @@
+//! `spawn_app()`: the real command-service on a free port, with its own
+//! database and stream key, plus direct handles on both servers for
+//! assertions.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bson::{doc, Document};
+use command_service::{config::Settings, startup::Application};
+use futures::TryStreamExt;
+use platform::RedactedUrl;
+use redis::{aio::ConnectionManager, streams::StreamRangeReply};
+use serde_json::Value;
+use test_support::unique;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct TestApp {
+    pub(crate) address: SocketAddr,
+    pub(crate) http: reqwest::Client,
+    pub(crate) db: mongodb::Database,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) settings: Settings,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings for a test: fresh database and stream, free port, fast sweep.
+pub(crate) async fn test_settings() -> Settings {
+    platform::telemetry::init_for_tests("command-service");
+    let servers = test_support::servers().await;
+    Settings {
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        mongo_url: RedactedUrl::new(servers.mongo_url.clone()),
+        database: unique("cmd"),
+        redis_url: RedactedUrl::new(servers.redis_url.clone()),
+        stream: unique("events"),
+        dependency_timeout: Duration::from_secs(1),
+        outbox_sweep_interval: Duration::from_millis(100),
+        query_base_url: "http://query.test".to_owned(),
+        body_limit: 16 * 1024,
+    }
+}
+
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings().await).await
+}
+
+pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
+    let servers = test_support::servers().await;
+    let app = Application::build(settings.clone())
+        .await
+        .expect("command-service builds");
+    let address = app.local_addr();
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
+        .await
+        .expect("MongoDB client");
+    let redis = redis::Client::open(servers.redis_url.as_str()).expect("Redis URL");
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        db: mongo.database(&settings.database),
+        redis: ConnectionManager::new(redis)
+            .await
+            .expect("Redis connection"),
+        settings,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub(crate) async fn post_book(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/books"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub(crate) async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/books"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Every document of the write model's `books` collection.
+    pub(crate) async fn stored_books(&self) -> Vec<Document> {
+        self.db
+            .collection::<Document>("books")
+            .find(doc! {})
+            .await
+            .expect("find")
+            .try_collect()
+            .await
+            .expect("collect")
+    }
+
+    /// Every entry of the event stream, as (type field, decoded data field).
+    pub(crate) async fn stream_events(&self) -> Vec<(String, Value)> {
+        let mut redis = self.redis.clone();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.settings.stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let kind: String = entry.get("type").expect("type field");
+                let data: String = entry.get("data").expect("data field");
+                (kind, serde_json::from_str(&data).expect("data is JSON"))
+            })
+            .collect()
+    }
+
+    /// Stops the service as SIGTERM would and waits for it.
+    pub(crate) async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("task").expect("clean stop");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub(crate) fn valid_book() -> Value {
+    serde_json::json!({ "title": "Dune", "author": "Frank Herbert", "publishedYear": 1965 })
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub(crate) async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:books:problem:")),
+        "{body}"
+    );
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}

@@ -1,0 +1,180 @@
+//! The outbox relay: every stored event reaches the stream (and Pub/Sub),
+//! including events left pending by a crash or by Redis being down.
+
+use std::time::Duration;
+
+use bson::{doc, oid::ObjectId, DateTime};
+use chrono::{SubsecRound, Utc};
+use domain::{Book, BookDraft, BookEvent, BookId};
+use futures::{stream, StreamExt};
+use serde_json::Value;
+use test_support::{eventually, host_port, TcpProxy};
+
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book, TestApp};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits until the stream holds `count` events and every outbox is empty.
+async fn wait_until_relayed(app: &TestApp, count: usize) -> Vec<(String, Value)> {
+    eventually("events relayed and outboxes cleared", DEADLINE, || async {
+        let events = app.stream_events().await;
+        let books = app.stored_books().await;
+        let cleared = books.iter().all(|b| {
+            b.get_array("outbox").map(|a| a.is_empty()).unwrap_or(false)
+                && !b.contains_key("outboxAt")
+        });
+        (events.len() == count && cleared).then_some(events)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_created_book_is_appended_to_the_stream_and_its_outbox_cleared() {
+    let app = spawn_app().await;
+
+    let book: Value = app.post_book(&valid_book()).await.json().await.unwrap();
+
+    let events = wait_until_relayed(&app, 1).await;
+    let (kind, event) = &events[0];
+    assert_eq!(kind, "bookCreated");
+    assert_eq!(event["type"], "bookCreated");
+    assert_eq!(event["bookId"], book["_id"]);
+    assert_eq!(event["version"], 1);
+    assert_eq!(event["occurredAt"], book["updatedAt"]);
+    assert!(event["eventId"].as_str().is_some_and(|id| id.len() == 36));
+    for field in ["title", "author", "publishedYear", "createdAt", "updatedAt"] {
+        assert_eq!(event["book"][field], book[field], "{field}");
+    }
+}
+
+#[tokio::test]
+async fn a_created_book_is_published_on_the_book_created_channel() {
+    let app = spawn_app().await;
+    let client = redis::Client::open(test_support::servers().await.redis_url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("bookCreated").await.unwrap();
+    let mut messages = pubsub.on_message();
+
+    let book: Value = app.post_book(&valid_book()).await.json().await.unwrap();
+
+    // Other tests publish on the same channel: wait for ours.
+    let ours = tokio::time::timeout(DEADLINE, async {
+        while let Some(message) = messages.next().await {
+            let payload: String = message.get_payload().unwrap();
+            let event: Value = serde_json::from_str(&payload).unwrap();
+            if event["bookId"] == book["_id"] {
+                return event;
+            }
+        }
+        panic!("subscription closed");
+    })
+    .await
+    .expect("the event was published on bookCreated");
+    assert_eq!(ours["type"], "bookCreated");
+    assert_eq!(ours["book"]["title"], "Dune");
+}
+
+#[tokio::test]
+async fn concurrent_creates_each_produce_exactly_one_event() {
+    let app = spawn_app().await;
+
+    let ids: Vec<String> = stream::iter(0..60)
+        .map(|i| {
+            let app = &app;
+            async move {
+                let body = serde_json::json!({ "title": format!("Book {i}"), "author": "A", "publishedYear": 2000 });
+                let book: Value = app.post_book(&body).await.json().await.unwrap();
+                book["_id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    let events = wait_until_relayed(&app, 60).await;
+    let mut relayed: Vec<String> = events
+        .iter()
+        .map(|(_, e)| e["bookId"].as_str().unwrap().to_owned())
+        .collect();
+    let mut posted = ids;
+    relayed.sort();
+    posted.sort();
+    assert_eq!(relayed, posted);
+}
+
+#[tokio::test]
+async fn events_left_pending_by_a_crash_are_published_at_start() {
+    let settings = test_settings().await;
+    // What a crash right after the write leaves behind: a book whose event
+    // is still in its outbox.
+    let servers = test_support::servers().await;
+    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
+        .await
+        .unwrap();
+    let id = ObjectId::new();
+    let draft = BookDraft::parse("Left Behind", "A", 1999).unwrap();
+    let book = Book::create(
+        BookId::parse(&id.to_hex()).unwrap(),
+        draft,
+        Utc::now().trunc_subsecs(3),
+    );
+    let event = BookEvent::created(&book, None).to_json();
+    mongo
+        .database(&settings.database)
+        .collection::<bson::Document>("books")
+        .insert_one(doc! {
+            "_id": id, "title": "Left Behind", "author": "A", "publishedYear": 1999,
+            "version": 1_i64, "outbox": [&event], "outboxAt": DateTime::now(),
+        })
+        .await
+        .unwrap();
+
+    let app = spawn_app_with(settings).await;
+
+    let events = wait_until_relayed(&app, 1).await;
+    assert_eq!(events[0].1, serde_json::from_str::<Value>(&event).unwrap());
+}
+
+#[tokio::test]
+async fn a_write_accepted_while_redis_is_down_is_published_when_it_returns() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::start(&host_port(settings.redis_url.expose())).await;
+    settings.redis_url = platform::RedactedUrl::new(format!("redis://{}", proxy.address()));
+    let app = spawn_app_with(settings).await;
+
+    proxy.cut();
+    let response = app.post_book(&valid_book()).await;
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "writes do not depend on Redis"
+    );
+    let book: Value = response.json().await.unwrap();
+    let stored = app.stored_books().await;
+    assert_eq!(
+        stored[0].get_array("outbox").unwrap().len(),
+        1,
+        "the event waits in the outbox"
+    );
+
+    proxy.restore();
+    let events = tokio::time::timeout(Duration::from_secs(40), wait_until_relayed(&app, 1))
+        .await
+        .unwrap_or_else(|_| panic!("not relayed after Redis returned"));
+    assert_eq!(events[0].1["bookId"], book["_id"]);
+}
+
+#[tokio::test]
+async fn stopping_gracefully_loses_no_event() {
+    let settings = test_settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    for _ in 0..20 {
+        assert_eq!(app.post_book(&valid_book()).await.status().as_u16(), 201);
+    }
+    app.stop().await;
+
+    // Whatever the stopped relay did not publish, the next start does.
+    let restarted = spawn_app_with(settings).await;
+    let events = wait_until_relayed(&restarted, 20).await;
+    assert_eq!(events.len(), 20);
+}
