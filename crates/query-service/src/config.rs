@@ -1,0 +1,57 @@
+//! Settings, read once from the environment (see `.env.example`).
+
+use std::{net::IpAddr, time::Duration};
+
+use platform::{env, RedactedUrl};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`HOST`, default 0.0.0.0).
+    pub host: IpAddr,
+    /// Port to listen on (`PORT`, default 5001; 0 picks a free port).
+    pub port: u16,
+    /// MongoDB connection string (`MONGO_URL`).
+    pub mongo_url: RedactedUrl,
+    /// Database of the read model (`READ_DB_NAME`, default `books_read`).
+    pub database: String,
+    /// Redis connection string (`REDIS_URL`).
+    pub redis_url: RedactedUrl,
+    /// Stream the events are read from (`EVENTS_STREAM`, default `books:events`).
+    pub stream: String,
+    /// Consumer group shared by every replica (`CONSUMER_GROUP`, default `query-service`).
+    pub group: String,
+    /// This replica's name in the group; keep it stable across restarts so a
+    /// restarted replica finishes its own pending events
+    /// (`CONSUMER_NAME`, default the host name).
+    pub consumer: String,
+    /// Where events that can never be applied go (`DEAD_LETTER_STREAM`,
+    /// default `<EVENTS_STREAM>:dead`).
+    pub dead_letter_stream: String,
+    /// Most events read per batch (`CONSUMER_BATCH`, default 256).
+    pub batch: usize,
+    /// How long one read waits for new events (`CONSUMER_BLOCK_MS`, default 2000).
+    pub block: Duration,
+    /// How long a MongoDB or Redis operation may wait for its server
+    /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
+    pub dependency_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let stream = env::string("EVENTS_STREAM", "books:events");
+        Ok(Self {
+            host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            port: env::parse("PORT", 5001)?,
+            mongo_url: RedactedUrl::new(env::string("MONGO_URL", "mongodb://127.0.0.1:27017")),
+            database: env::string("READ_DB_NAME", "books_read"),
+            redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
+            dead_letter_stream: env::string("DEAD_LETTER_STREAM", &format!("{stream}:dead")),
+            stream,
+            group: env::string("CONSUMER_GROUP", "query-service"),
+            consumer: env::string("CONSUMER_NAME", &env::string("HOSTNAME", "query-service-1")),
+            batch: env::parse("CONSUMER_BATCH", 256)?,
+            block: env::millis("CONSUMER_BLOCK_MS", 2000)?,
+            dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+        })
+    }
+}

@@ -1,0 +1,249 @@
+//! The stream consumer: reads events through a consumer group, applies them
+//! to the read model and acknowledges (XACK) only what was applied (or found
+//! stale). An entry that can never be applied (not an event) is copied to
+//! the dead-letter stream with the reason, then acknowledged, so it cannot
+//! wedge the group.
+//!
+//! On start, and after any failure, the consumer first re-reads its own
+//! pending entries (delivered earlier but never acknowledged), then reads
+//! new ones. Failures back off and retry forever: nothing is acknowledged
+//! that the read model does not hold.
+
+use std::{collections::HashMap, time::Duration};
+
+use domain::BookEvent;
+use futures::{stream, StreamExt};
+use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::projection::{Applied, ReadModel};
+
+/// Events of one batch applied at once. Order does not matter: the version
+/// guard makes the outcome the same in any order.
+const APPLY_CONCURRENCY: usize = 16;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+pub struct Consumer {
+    pub client: redis::Client,
+    pub read_model: ReadModel,
+    pub stream: String,
+    pub group: String,
+    pub name: String,
+    pub dead_letter_stream: String,
+    pub batch: usize,
+    pub block: Duration,
+    pub timeout: Duration,
+}
+
+/// Where the next read starts: our own pending entries after this id, or
+/// new entries (`>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cursor {
+    Pending(String),
+    New,
+}
+
+impl Cursor {
+    fn id(&self) -> &str {
+        match self {
+            Cursor::Pending(id) => id,
+            Cursor::New => ">",
+        }
+    }
+}
+
+/// The outcome of one entry.
+enum Outcome {
+    Done,
+    DeadLetter(String),
+    Retry(anyhow::Error),
+}
+
+impl Consumer {
+    /// Runs until `shutdown` is cancelled; the current batch is finished and
+    /// acknowledged first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "event consumer failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tracing::info!("event consumer stopped");
+    }
+
+    async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
+        // A blocking read holds the connection for up to `block`: answers
+        // may take that long plus the usual timeout.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.block + self.timeout));
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut connection)
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::info!(stream = %self.stream, group = %self.group, "consumer group created")
+            }
+            Err(error) if error.code() == Some("BUSYGROUP") => {}
+            Err(error) => return Err(error.into()),
+        }
+        Ok(connection)
+    }
+
+    /// One connected session; returns `Ok` only on shutdown.
+    async fn consume(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut connection = self.connect().await?;
+        let mut cursor = Cursor::Pending("0".to_owned());
+        let mut failures = 0u32;
+        loop {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg("COUNT")
+                .arg(self.batch);
+            if cursor == Cursor::New {
+                read.arg("BLOCK").arg(self.block.as_millis() as u64);
+            }
+            read.arg("STREAMS").arg(&self.stream).arg(cursor.id());
+            let reply: Option<StreamReadReply> = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                reply = read.query_async(&mut connection) => reply?,
+            };
+            let entries = reply
+                .and_then(|r| r.keys.into_iter().next())
+                .map(|k| k.ids)
+                .unwrap_or_default();
+            if entries.is_empty() {
+                if let Cursor::Pending(_) = cursor {
+                    tracing::debug!("no pending entries left; reading new ones");
+                    cursor = Cursor::New;
+                }
+                continue;
+            }
+            let last_id = entries.last().map(|e| e.id.clone()).unwrap_or_default();
+            let retry = self.handle(&mut connection, entries).await?;
+            match retry {
+                None => {
+                    failures = 0;
+                    if let Cursor::Pending(_) = cursor {
+                        cursor = Cursor::Pending(last_id);
+                    }
+                }
+                Some(error) => {
+                    // Leave the failed entries pending and read them again
+                    // after a pause.
+                    failures += 1;
+                    let pause =
+                        (MIN_BACKOFF * 2u32.saturating_pow(failures.min(9))).min(MAX_BACKOFF);
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "applying events failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    cursor = Cursor::Pending("0".to_owned());
+                }
+            }
+        }
+    }
+
+    /// Applies a batch; acknowledges what is done and dead-letters what can
+    /// never be applied. Returns the first error of entries left for retry.
+    async fn handle(
+        &self,
+        connection: &mut MultiplexedConnection,
+        entries: Vec<redis::streams::StreamId>,
+    ) -> anyhow::Result<Option<anyhow::Error>> {
+        let outcomes: Vec<(String, HashMap<String, Value>, Outcome)> = stream::iter(entries)
+            .map(|entry| async move {
+                let outcome = self.apply(&entry.map).await;
+                (entry.id, entry.map, outcome)
+            })
+            .buffered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut pipe = redis::pipe();
+        let mut acked = 0usize;
+        let mut first_error = None;
+        for (id, fields, outcome) in outcomes {
+            match outcome {
+                Outcome::Done => {}
+                Outcome::DeadLetter(reason) => {
+                    tracing::error!(entry = %id, %reason, "event cannot be applied; moved to the dead-letter stream");
+                    let mut add = redis::cmd("XADD");
+                    add.arg(&self.dead_letter_stream)
+                        .arg("*")
+                        .arg("sourceId")
+                        .arg(&id)
+                        .arg("reason")
+                        .arg(&reason);
+                    for (name, value) in &fields {
+                        if let Value::BulkString(bytes) = value {
+                            add.arg(name).arg(bytes.as_slice());
+                        }
+                    }
+                    pipe.add_command(add).ignore();
+                }
+                Outcome::Retry(error) => {
+                    first_error.get_or_insert(error);
+                    continue;
+                }
+            }
+            pipe.cmd("XACK")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&id)
+                .ignore();
+            acked += 1;
+        }
+        if acked > 0 {
+            pipe.query_async::<()>(connection).await?;
+        }
+        Ok(first_error)
+    }
+
+    async fn apply(&self, fields: &HashMap<String, Value>) -> Outcome {
+        let data = match fields.get("data") {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => return Outcome::DeadLetter("entry has no data field".to_owned()),
+        };
+        let event = match BookEvent::from_json(&data) {
+            Ok(event) => event,
+            Err(error) => return Outcome::DeadLetter(error.to_string()),
+        };
+        match self.read_model.apply(&event).await {
+            Ok(applied) => {
+                tracing::debug!(
+                    book_id = %event.book_id,
+                    version = event.version,
+                    event_type = event.event_type.as_str(),
+                    stale = applied == Applied::Stale,
+                    traceparent = event.traceparent.as_deref().unwrap_or("-"),
+                    "event applied"
+                );
+                Outcome::Done
+            }
+            Err(error) => Outcome::Retry(error.into()),
+        }
+    }
+}
