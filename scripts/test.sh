@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit, service and end-to-end tests) against real
+# FerretDB and Redis, starting them first if they are not running and
+# stopping afterwards the ones it started. Extra arguments go to `cargo test`.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+started=$(scripts/servers.sh up)
+# shellcheck disable=SC2086 # a list of names
+trap 'scripts/servers.sh down $started' EXIT
+[ -n "$started" ] || trap - EXIT
+
+export MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
+export REDIS_URL="redis://127.0.0.1:${REDIS_PORT:-6379}"
+cargo test --workspace --locked "$@"
