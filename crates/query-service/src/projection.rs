@@ -82,16 +82,26 @@ impl ReadModel {
             },
         };
         // Matches only an older version. When the book is absent the upsert
-        // inserts it; when a newer or equal version is stored the upsert's
-        // insert collides on _id, which means "stale".
-        let result = self
+        // inserts it. When the insert collides on _id, the book exists (a
+        // newer version, or a concurrent apply of another version won the
+        // insert): try once more as a plain guarded update, which matches
+        // only if what is stored is still older.
+        let filter = doc! { "_id": id, "version": { "$lt": version } };
+        match self
             .books
-            .update_one(doc! { "_id": id, "version": { "$lt": version } }, update)
+            .update_one(filter.clone(), update.clone())
             .upsert(true)
-            .await;
-        match result {
+            .await
+        {
             Ok(_) => Ok(Applied::Written),
-            Err(error) if is_duplicate_key(&error) => Ok(Applied::Stale),
+            Err(error) if is_duplicate_key(&error) => {
+                let result = self.books.update_one(filter, update).await?;
+                Ok(if result.matched_count == 1 {
+                    Applied::Written
+                } else {
+                    Applied::Stale
+                })
+            }
             Err(error) => Err(error),
         }
     }
