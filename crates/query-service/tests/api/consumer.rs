@@ -1,0 +1,211 @@
+//! The consumer: version guard, dead letters, pending entries, outages.
+
+use domain::BookEvent;
+use serde_json::Value;
+use test_support::{eventually, host_port, TcpProxy};
+
+use crate::helpers::{
+    deleted, new_book, redis_connection, spawn_app, spawn_app_with, test_settings, updated,
+    xadd_event, DEADLINE,
+};
+
+#[tokio::test]
+async fn a_duplicate_event_is_acknowledged_and_changes_nothing() {
+    let app = spawn_app().await;
+    let book = new_book("Duplicate");
+    let created = BookEvent::created(&book, None);
+    app.publish(&created).await;
+    let first = app.wait_for_version(book.id.as_str(), 1).await;
+
+    app.publish(&created).await;
+    app.wait_until_consumed().await;
+
+    let after: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+    assert_eq!(after, first);
+    let mut redis = app.redis.clone();
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(&app.settings.dead_letter_stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "a duplicate is not an error");
+}
+
+#[tokio::test]
+async fn an_older_version_after_a_newer_one_changes_nothing() {
+    let app = spawn_app().await;
+    let book = new_book("Original");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.publish(&updated(&book, "Renamed", 2)).await;
+    app.wait_for_version(book.id.as_str(), 2).await;
+
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["title"], "Renamed");
+}
+
+#[tokio::test]
+async fn an_update_delivered_before_its_create_wins() {
+    let app = spawn_app().await;
+    let book = new_book("Original");
+
+    app.publish(&updated(&book, "Renamed", 2)).await;
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["title"], "Renamed");
+}
+
+#[tokio::test]
+async fn a_deleted_book_is_gone_and_a_late_create_cannot_bring_it_back() {
+    let app = spawn_app().await;
+    let book = new_book("Doomed");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_for_version(book.id.as_str(), 1).await;
+
+    app.publish(&deleted(&book, 2)).await;
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    assert_eq!(app.get_book(book.id.as_str()).await.status(), 404);
+    let tombstone = app
+        .db
+        .collection::<bson::Document>("books")
+        .find_one(bson::doc! { "_id": bson::oid::ObjectId::parse_str(book.id.as_str()).unwrap() })
+        .await
+        .unwrap()
+        .expect("a tombstone is kept");
+    assert_eq!(tombstone.get_i64("version").unwrap(), 2);
+    assert!(tombstone.get_bool("deleted").unwrap());
+}
+
+#[tokio::test]
+async fn events_already_in_the_stream_are_consumed_at_first_start() {
+    let settings = test_settings().await;
+    let books: Vec<_> = (0..5).map(|i| new_book(&format!("Early {i}"))).collect();
+    let mut redis = redis_connection().await;
+    for book in &books {
+        xadd_event(
+            &mut redis,
+            &settings.stream,
+            &BookEvent::created(book, None),
+        )
+        .await;
+    }
+
+    let app = spawn_app_with(settings).await;
+
+    for book in &books {
+        app.wait_for_version(book.id.as_str(), 1).await;
+    }
+    app.wait_until_consumed().await;
+}
+
+#[tokio::test]
+async fn an_entry_that_is_not_an_event_is_dead_lettered_and_later_events_still_apply() {
+    let app = spawn_app().await;
+
+    let poison = app
+        .xadd(&[("type", "bookCreated"), ("data", "not json")])
+        .await;
+    let no_data = app.xadd(&[("type", "bookCreated")]).await;
+    let book = new_book("After the poison");
+    app.publish(&BookEvent::created(&book, None)).await;
+
+    app.wait_for_version(book.id.as_str(), 1).await;
+    app.wait_until_consumed().await;
+    let mut redis = app.redis.clone();
+    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&app.settings.dead_letter_stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let sources: Vec<String> = dead
+        .ids
+        .iter()
+        .map(|e| e.get("sourceId").unwrap())
+        .collect();
+    assert_eq!(sources, [poison, no_data]);
+    let reason: String = dead.ids[0].get("reason").unwrap();
+    assert!(reason.contains("not a valid event"), "{reason}");
+    let data: String = dead.ids[0].get("data").unwrap();
+    assert_eq!(
+        data, "not json",
+        "the original entry is kept for re-driving"
+    );
+}
+
+#[tokio::test]
+async fn entries_delivered_but_never_acknowledged_are_applied_after_a_restart() {
+    let settings = test_settings().await;
+    // Create the group, as a first run would.
+    spawn_app_with(settings.clone()).await.stop().await;
+    // Deliver an entry to our consumer name without applying it: what a
+    // crash between read and apply leaves behind.
+    let book = new_book("Pending");
+    let mut redis = redis_connection().await;
+    xadd_event(
+        &mut redis,
+        &settings.stream,
+        &BookEvent::created(&book, None),
+    )
+    .await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&settings.group)
+        .arg(&settings.consumer)
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&settings.stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let restarted = spawn_app_with(settings).await;
+    assert_eq!(
+        restarted.pending_count().await,
+        1,
+        "the entry was left pending"
+    );
+
+    restarted.wait_for_version(book.id.as_str(), 1).await;
+    restarted.wait_until_consumed().await;
+}
+
+#[tokio::test]
+async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_returns() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::start(&host_port(settings.mongo_url.expose())).await;
+    settings.mongo_url = platform::RedactedUrl::new(format!(
+        "mongodb://{}/?directConnection=true",
+        proxy.address()
+    ));
+    let app = spawn_app_with(settings).await;
+
+    proxy.cut();
+    let book = new_book("Through the outage");
+    app.publish(&BookEvent::created(&book, None)).await;
+    eventually(
+        "the event delivered but not acknowledged",
+        DEADLINE,
+        || async { (app.pending_count().await == 1).then_some(()) },
+    )
+    .await;
+
+    proxy.restore();
+    tokio::time::timeout(std::time::Duration::from_secs(40), async {
+        app.wait_for_version(book.id.as_str(), 1).await;
+        app.wait_until_consumed().await;
+    })
+    .await
+    .expect("applied after MongoDB returned");
+}

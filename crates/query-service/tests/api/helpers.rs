@@ -1,0 +1,251 @@
+//! `spawn_app()`: the real query-service on a free port with its own read
+//! database, stream key and consumer group, plus helpers to put events on
+//! the stream as the command side would.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bson::oid::ObjectId;
+use chrono::{SubsecRound, Utc};
+use domain::{Book, BookDraft, BookEvent, BookId, EventType};
+use platform::RedactedUrl;
+use query_service::{config::Settings, startup::Application};
+use redis::{
+    aio::ConnectionManager,
+    streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply},
+};
+use serde_json::Value;
+use test_support::{eventually, unique};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+
+pub(crate) struct TestApp {
+    pub(crate) address: SocketAddr,
+    pub(crate) http: reqwest::Client,
+    pub(crate) db: mongodb::Database,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) settings: Settings,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings for a test: fresh database, stream and group, free port.
+pub(crate) async fn test_settings() -> Settings {
+    platform::telemetry::init_for_tests("query-service");
+    let servers = test_support::servers().await;
+    let stream = unique("events");
+    Settings {
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        mongo_url: RedactedUrl::new(servers.mongo_url.clone()),
+        database: unique("read"),
+        redis_url: RedactedUrl::new(servers.redis_url.clone()),
+        dead_letter_stream: format!("{stream}:dead"),
+        stream,
+        group: unique("group"),
+        consumer: "consumer-1".to_owned(),
+        batch: 64,
+        block: Duration::from_millis(200),
+        dependency_timeout: Duration::from_secs(1),
+    }
+}
+
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings().await).await
+}
+
+pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
+    let servers = test_support::servers().await;
+    let app = Application::build(settings.clone())
+        .await
+        .expect("query-service builds");
+    let address = app.local_addr();
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
+        .await
+        .expect("MongoDB client");
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        db: mongo.database(&settings.database),
+        redis: redis_connection().await,
+        settings,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub(crate) async fn get_book(&self, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/books/{id}")))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The book's JSON once the read model serves it at `version`.
+    pub(crate) async fn wait_for_version(&self, id: &str, version: u64) -> Value {
+        eventually(
+            &format!("book {id} at version {version}"),
+            DEADLINE,
+            || async {
+                let response = self.get_book(id).await;
+                if response.status() != 200 {
+                    return None;
+                }
+                let body: Value = response.json().await.ok()?;
+                (body["version"] == version).then_some(body)
+            },
+        )
+        .await
+    }
+
+    /// Appends a stream entry with these fields, as the relay would.
+    pub(crate) async fn xadd(&self, fields: &[(&str, &str)]) -> String {
+        let mut redis = self.redis.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.settings.stream).arg("*");
+        for (name, value) in fields {
+            cmd.arg(*name).arg(*value);
+        }
+        cmd.query_async(&mut redis).await.expect("XADD")
+    }
+
+    pub(crate) async fn publish(&self, event: &BookEvent) -> String {
+        let mut redis = self.redis.clone();
+        xadd_event(&mut redis, &self.settings.stream, event).await
+    }
+
+    /// Entries delivered to the group but not acknowledged.
+    pub(crate) async fn pending_count(&self) -> u64 {
+        self.group_info().await.map_or(0, |g| g.pending as u64)
+    }
+
+    async fn group_info(&self) -> Option<StreamInfoGroup> {
+        let mut redis = self.redis.clone();
+        let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.settings.stream)
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        reply
+            .groups
+            .into_iter()
+            .find(|g| g.name == self.settings.group)
+    }
+
+    /// Waits until the group has been delivered every entry of the stream
+    /// and has acknowledged all of them.
+    pub(crate) async fn wait_until_consumed(&self) {
+        eventually(
+            "every entry consumed and acknowledged",
+            DEADLINE,
+            || async {
+                let mut redis = self.redis.clone();
+                let stream: StreamInfoStreamReply = redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&self.settings.stream)
+                    .query_async(&mut redis)
+                    .await
+                    .ok()?;
+                let group = self.group_info().await?;
+                (group.last_delivered_id == stream.last_generated_id && group.pending == 0)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub(crate) async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("task").expect("clean stop");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A connection to the test Redis, for assertions and injected entries.
+pub(crate) async fn redis_connection() -> ConnectionManager {
+    let url = &test_support::servers().await.redis_url;
+    let client = redis::Client::open(url.as_str()).expect("Redis URL");
+    ConnectionManager::new(client)
+        .await
+        .expect("Redis connection")
+}
+
+/// Appends `event` to `stream` as the command side's relay does.
+pub(crate) async fn xadd_event(
+    redis: &mut ConnectionManager,
+    stream: &str,
+    event: &BookEvent,
+) -> String {
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("type")
+        .arg(event.event_type.as_str())
+        .arg("data")
+        .arg(event.to_json())
+        .query_async(redis)
+        .await
+        .expect("XADD")
+}
+
+/// A book as the command side would create it.
+pub(crate) fn new_book(title: &str) -> Book {
+    let id = BookId::parse(&ObjectId::new().to_hex()).unwrap();
+    let draft = BookDraft::parse(title, "Ursula K. Le Guin", 1969).unwrap();
+    Book::create(id, draft, Utc::now().trunc_subsecs(3))
+}
+
+/// The event of `book` changed to `title` at `version`.
+pub(crate) fn updated(book: &Book, title: &str, version: u64) -> BookEvent {
+    let mut event = BookEvent::created(book, None);
+    event.event_id = uuid::Uuid::now_v7();
+    event.event_type = EventType::BookUpdated;
+    event.version = version;
+    let state = event.book.as_mut().unwrap();
+    state.title = domain::Title::parse(title).unwrap();
+    state.updated_at =
+        state.updated_at + chrono::Duration::seconds(i64::try_from(version).unwrap());
+    event.occurred_at = state.updated_at;
+    event
+}
+
+pub(crate) fn deleted(book: &Book, version: u64) -> BookEvent {
+    let mut event = BookEvent::created(book, None);
+    event.event_id = uuid::Uuid::now_v7();
+    event.event_type = EventType::BookDeleted;
+    event.version = version;
+    event.book = None;
+    event
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub(crate) async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["status"], status);
+    assert!(body["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("urn:books:problem:")));
+    body
+}

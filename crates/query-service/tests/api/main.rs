@@ -1,0 +1,6 @@
+//! query-service against real MongoDB (FerretDB) and Redis.
+
+mod books;
+mod consumer;
+mod health;
+mod helpers;
