@@ -16,8 +16,7 @@ target_dir="debug"
 
 started=$(scripts/servers.sh up)
 pids=()
-stop() {
-  trap - INT TERM EXIT
+cleanup() {
   if [ "${#pids[@]}" -gt 0 ]; then
     echo "[dev] stopping services" >&2
     kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -26,14 +25,17 @@ stop() {
   # shellcheck disable=SC2086 # a list of names
   [ -z "$started" ] || scripts/servers.sh down $started
 }
-trap stop INT TERM EXIT
+# A signal ends the script; leaving it, for any reason, stops what it started.
+trap 'exit 130' INT TERM
+trap cleanup EXIT
 
 echo "[dev] building services ($profile profile)" >&2
 cargo build --locked --profile "$profile" -p command-service -p query-service
 
 run() {
   local name=$1 port=$2
-  PORT="${port}" "target/$target_dir/$name" > >(sed -u "s/^/[$name] /") 2>&1 &
+  # The log prefixer ignores Ctrl-C so the services' shutdown lines still show.
+  PORT="${port}" "target/$target_dir/$name" > >(trap '' INT; exec sed -u "s/^/[$name] /") 2>&1 &
   pids+=("$!")
 }
 run command-service "${COMMAND_PORT:-5000}"
