@@ -4,17 +4,14 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use platform::{health::Dependencies, server::HttpServer};
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, relay::Relay, routes, state::AppState, store::BookStore};
 
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: HttpServer,
     relay: Relay,
-    shutdown: CancellationToken,
 }
 
 impl Application {
@@ -47,54 +44,33 @@ impl Application {
         let state = AppState {
             store,
             outbox,
-            database,
-            redis,
+            dependencies: Dependencies {
+                mongo: database,
+                redis,
+            },
             query_base_url: Arc::from(settings.query_base_url.as_str()),
         };
         let router = routes::router(state, settings.body_limit);
-        let address = SocketAddr::new(settings.host, settings.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        Ok(Self {
-            listener,
-            router,
-            relay,
-            shutdown: CancellationToken::new(),
-        })
+        let server =
+            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router).await?;
+        Ok(Self { server, relay })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.server.local_addr()
     }
 
     /// Cancelling this token stops the application as a signal would.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.server.shutdown_token()
     }
 
     /// Serves until SIGINT/SIGTERM or the shutdown token, then finishes
     /// in-flight requests and lets the relay publish what it holds.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            router,
-            relay,
-            shutdown,
-        } = self;
-        tracing::info!(address = %listener.local_addr()?, "command-service listening");
-        let tasks = TaskTracker::new();
-        tasks.spawn(platform::shutdown::cancel_on_signal(shutdown.clone()));
-        tasks.spawn(relay.run(shutdown.clone()));
-        tasks.close();
-
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        shutdown.cancel();
-        tasks.wait().await;
-        served.context("HTTP server failed")
+        let relay = self.relay;
+        self.server
+            .run("command-service", |shutdown| relay.run(shutdown))
+            .await
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use redis::aio::ConnectionManager;
+use platform::health::Dependencies;
 
 use crate::{relay::OutboxNotifier, store::BookStore};
 
@@ -11,8 +11,7 @@ use crate::{relay::OutboxNotifier, store::BookStore};
 pub struct AppState {
     pub store: BookStore,
     pub outbox: OutboxNotifier,
-    pub database: mongodb::Database,
-    pub redis: ConnectionManager,
+    pub dependencies: Dependencies,
     /// Base URL of the query service, for `Location` headers.
     pub query_base_url: Arc<str>,
 }
@@ -20,5 +19,11 @@ pub struct AppState {
 impl FromRef<AppState> for BookStore {
     fn from_ref(state: &AppState) -> Self {
         state.store.clone()
+    }
+}
+
+impl FromRef<AppState> for Dependencies {
+    fn from_ref(state: &AppState) -> Self {
+        state.dependencies.clone()
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod problem;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 

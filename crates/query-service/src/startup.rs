@@ -4,18 +4,17 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
-use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use platform::{health::Dependencies, server::HttpServer};
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::Consumer, projection::ReadModel, routes, state::AppState};
 
+/// Reads take no body; this only bounds what a client may send anyway.
+const BODY_LIMIT: usize = 16 * 1024;
+
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: HttpServer,
     consumer: Consumer,
-    shutdown: CancellationToken,
 }
 
 impl Application {
@@ -47,53 +46,32 @@ impl Application {
         };
         let state = AppState {
             read_model,
-            database,
-            redis,
+            dependencies: Dependencies {
+                mongo: database,
+                redis,
+            },
         };
-        let router = routes::router(state, 16 * 1024);
-        let address = SocketAddr::new(settings.host, settings.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        Ok(Self {
-            listener,
-            router,
-            consumer,
-            shutdown: CancellationToken::new(),
-        })
+        let router = routes::router(state, BODY_LIMIT);
+        let server =
+            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router).await?;
+        Ok(Self { server, consumer })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.server.local_addr()
     }
 
     /// Cancelling this token stops the application as a signal would.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.server.shutdown_token()
     }
 
     /// Serves until SIGINT/SIGTERM or the shutdown token, then finishes
     /// in-flight requests and the consumer's current batch.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            router,
-            consumer,
-            shutdown,
-        } = self;
-        tracing::info!(address = %listener.local_addr()?, "query-service listening");
-        let tasks = TaskTracker::new();
-        tasks.spawn(platform::shutdown::cancel_on_signal(shutdown.clone()));
-        tasks.spawn(consumer.run(shutdown.clone()));
-        tasks.close();
-
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        shutdown.cancel();
-        tasks.wait().await;
-        served.context("HTTP server failed")
+        let consumer = self.consumer;
+        self.server
+            .run("query-service", |shutdown| consumer.run(shutdown))
+            .await
     }
 }

@@ -1,19 +1,24 @@
 //! What every handler can reach.
 
 use axum::extract::FromRef;
-use redis::aio::ConnectionManager;
+use platform::health::Dependencies;
 
 use crate::projection::ReadModel;
 
 #[derive(Clone)]
 pub struct AppState {
     pub read_model: ReadModel,
-    pub database: mongodb::Database,
-    pub redis: ConnectionManager,
+    pub dependencies: Dependencies,
 }
 
 impl FromRef<AppState> for ReadModel {
     fn from_ref(state: &AppState) -> Self {
         state.read_model.clone()
+    }
+}
+
+impl FromRef<AppState> for Dependencies {
+    fn from_ref(state: &AppState) -> Self {
+        state.dependencies.clone()
     }
 }

@@ -1,7 +1,6 @@
 //! The HTTP routes, one module per resource.
 
 mod books;
-mod health;
 
 use axum::Router;
 
@@ -10,7 +9,7 @@ use crate::state::AppState;
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let routes = Router::new()
         .merge(books::router())
-        .merge(health::router())
+        .merge(platform::health::router())
         .with_state(state);
     platform::http::with_common_layers(routes, body_limit)
 }

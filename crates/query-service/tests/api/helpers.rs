@@ -220,8 +220,7 @@ pub(crate) fn updated(book: &Book, title: &str, version: u64) -> BookEvent {
     event.version = version;
     let state = event.book.as_mut().unwrap();
     state.title = domain::Title::parse(title).unwrap();
-    state.updated_at =
-        state.updated_at + chrono::Duration::seconds(i64::try_from(version).unwrap());
+    state.updated_at += chrono::Duration::seconds(i64::try_from(version).unwrap());
     event.occurred_at = state.updated_at;
     event
 }
