@@ -3,8 +3,6 @@
 //! (request id, tracing, body limit, panic guard) and the fallbacks for
 //! unknown routes and methods.
 
-use std::time::Duration;
-
 use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Request},
@@ -199,9 +197,6 @@ pub fn with_common_layers(router: Router, body_limit: usize) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
-
-/// How long graceful shutdown waits for in-flight requests.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
