@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bson::oid::ObjectId;
 use chrono::Utc;
 use redis::aio::ConnectionManager;
@@ -38,6 +40,8 @@ pub struct Outgoing {
     pub book_id: ObjectId,
     pub event_type: &'static str,
     pub json: String,
+    /// When the event was stored; past the sweep's grace the sweep owns it.
+    pub stored_at: Instant,
 }
 
 /// The handlers' end of the relay.
@@ -87,7 +91,7 @@ impl Relay {
     /// dependency is down.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.sweep_interval;
-        let mut next_sweep = tokio::time::Instant::now();
+        let mut next_sweep = Instant::now();
         let mut grace = Duration::ZERO;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -105,7 +109,7 @@ impl Relay {
                         }
                     }
                     grace = SWEEP_GRACE;
-                    next_sweep = tokio::time::Instant::now() + backoff;
+                    next_sweep = Instant::now() + backoff;
                 }
                 received = self.receiver.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
@@ -129,6 +133,10 @@ impl Relay {
     }
 
     async fn publish_new(&mut self, batch: &mut Vec<Outgoing>) -> anyhow::Result<()> {
+        // Events that waited in the channel longer than the sweep's grace
+        // may already be taken by the sweep: leave them to it rather than
+        // publish them twice.
+        batch.retain(|o| o.stored_at.elapsed() < SWEEP_GRACE);
         let events: Vec<(&str, &str)> = batch
             .iter()
             .map(|o| (o.event_type, o.json.as_str()))

@@ -56,6 +56,7 @@ async fn create_book(
         book_id: object_id,
         event_type: event.event_type.as_str(),
         json,
+        stored_at: tokio::time::Instant::now(),
     });
 
     let location = format!("{}/books/{}", state.query_base_url, book.id);
