@@ -41,6 +41,14 @@ install_redis() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # The package may start Debian's own Redis (no AOF, not ours to stop) on
+  # the default port; stop and disable it so the one started below is ours.
+  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  else
+    service redis-server stop >/dev/null 2>&1 || true
+  fi
+  for _ in $(seq 1 50); do port_open "$redis_port" || break; sleep 0.1; done
 }
 
 # A plain `go install .../cmd/ferretdb@v1.24.2` builds a binary that panics at
@@ -98,12 +106,25 @@ start_redis() {
   started+=(redis)
   install_redis
   mkdir -p "$state/redis" "$state/log" "$state/run"
+  port_open "$redis_port" && { log "Redis already answers on 127.0.0.1:$redis_port"; return 0; }
   log "starting Redis on 127.0.0.1:$redis_port (AOF in $state/redis)"
+  # appendfsync always: the relay clears an event from MongoDB once XADD
+  # answers, so an answered XADD must already be on disk.
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$state/redis" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync always --save "" \
     --daemonize yes --pidfile "$state/run/redis.pid" \
     --logfile "$state/log/redis.log"
   wait_for_port "$redis_port" Redis "$state/log/redis.log"
+  ours_alive redis || { log "Redis did not stay up; see $state/log/redis.log"; return 1; }
+}
+
+# Whether the pidfile of NAME names a live process of ours (a stale pidfile's
+# number may have been reused by another program).
+ours_alive() {
+  local pidfile="$state/run/$1.pid" pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "${2:-$1}"
 }
 
 stop_one() {
@@ -111,7 +132,7 @@ stop_one() {
   [ -f "$pidfile" ] || return 0
   local pid
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if ours_alive "$name" "${2:-$name}"; then
     log "stopping $name (pid $pid)"
     kill "$pid"
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -129,7 +150,12 @@ case "${1:-up}" in
   down)
     shift
     for name in "${@:-ferretdb redis}"; do
-      for n in $name; do stop_one "$n"; done
+      for n in $name; do
+        case "$n" in
+          redis) stop_one redis redis-server ;;
+          *) stop_one "$n" ;;
+        esac
+      done
     done
     ;;
   status)
