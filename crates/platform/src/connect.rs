@@ -4,7 +4,7 @@
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use mongodb::options::ClientOptions;
+use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A connection URL that may hold a password: its `Debug` and `Display`
@@ -42,7 +42,9 @@ impl fmt::Debug for RedactedUrl {
 }
 
 /// A MongoDB client whose operations give up after `timeout` when no server
-/// can be reached. The driver connects lazily and reconnects by itself.
+/// can be reached, writing with majority and journal acknowledgement unless
+/// the URL says otherwise. The driver connects lazily and reconnects by
+/// itself.
 pub async fn mongo_client(
     url: &RedactedUrl,
     app_name: &str,
@@ -52,6 +54,17 @@ pub async fn mongo_client(
         .await
         .with_context(|| format!("invalid MONGO_URL {url}"))?;
     options.app_name = Some(app_name.to_owned());
+    // A write is answered (201, or XACK on the read side) only once it is
+    // journaled on a majority: a server crash cannot take it back.
+    // (FerretDB accepts and ignores write concerns.)
+    if options.write_concern.is_none() {
+        options.write_concern = Some(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build(),
+        );
+    }
     options.server_selection_timeout = Some(timeout);
     options.connect_timeout = Some(timeout);
     mongodb::Client::with_options(options).context("cannot build the MongoDB client")
