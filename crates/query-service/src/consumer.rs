@@ -66,7 +66,7 @@ impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown).await {
+            match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "event consumer failed");
@@ -109,9 +109,15 @@ impl Consumer {
         Ok(connection)
     }
 
-    /// One connected session; returns `Ok` only on shutdown.
-    async fn consume(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// One connected session; returns `Ok` only on shutdown. A session that
+    /// connects resets the reconnection `backoff`.
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> anyhow::Result<()> {
         let mut connection = self.connect().await?;
+        *backoff = MIN_BACKOFF;
         let mut cursor = Cursor::Pending("0".to_owned());
         let mut failures = 0u32;
         loop {
@@ -182,7 +188,10 @@ impl Consumer {
             .collect()
             .await;
 
+        // Atomic, so an entry is never acknowledged without its dead-letter
+        // copy.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         let mut acked = 0usize;
         let mut first_error = None;
         for (id, fields, outcome) in outcomes {
