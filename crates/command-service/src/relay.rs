@@ -40,7 +40,8 @@ pub struct Outgoing {
     pub book_id: ObjectId,
     pub event_type: &'static str,
     pub json: String,
-    /// When the event was stored; past the sweep's grace the sweep owns it.
+    /// When the event was written (just before the insert, like its
+    /// `outboxAt`); past the sweep's grace the sweep owns it.
     pub stored_at: Instant,
 }
 

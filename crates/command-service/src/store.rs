@@ -165,6 +165,14 @@ impl BookStore {
                     )
                     .await?;
             }
+            // Those whose outbox is now empty have nothing left pending.
+            let ids: Vec<ObjectId> = published.iter().map(|p| p.id).collect();
+            self.books
+                .update_many(
+                    doc! { "_id": { "$in": ids }, "outbox": [] },
+                    doc! { "$unset": { "outboxAt": "" } },
+                )
+                .await?;
         }
         Ok(())
     }

@@ -51,12 +51,13 @@ async fn create_book(
     let event = BookEvent::created(&book, traceparent(&headers));
     let json = event.to_json();
 
+    let stored_at = tokio::time::Instant::now();
     state.store.insert(object_id, &book, &json).await?;
     state.outbox.notify(Outgoing {
         book_id: object_id,
         event_type: event.event_type.as_str(),
         json,
-        stored_at: tokio::time::Instant::now(),
+        stored_at,
     });
 
     let location = format!("{}/books/{}", state.query_base_url, book.id);
