@@ -5,8 +5,8 @@
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequest, Request},
-    http::{header, HeaderMap, HeaderName, StatusCode},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request},
+    http::{header, request::Parts, HeaderMap, HeaderName, StatusCode},
     response::{IntoResponse, Response},
     Router,
 };
@@ -50,6 +50,28 @@ where
             }
         })?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A path parameter. Unlike `axum::extract::Path`, a value that cannot be
+/// read (not UTF-8, wrong type) is answered with a 400 problem+json.
+pub struct PathParam<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Problem::new(
+                ProblemKind::InvalidParameter,
+                rejection.body_text(),
+            )),
+        }
     }
 }
 

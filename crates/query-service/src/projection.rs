@@ -26,7 +26,6 @@ pub enum Applied {
 #[derive(Clone)]
 pub struct ReadModel {
     books: Collection<Document>,
-    records: Collection<BookRecord>,
 }
 
 /// A read-model document as stored.
@@ -49,7 +48,6 @@ impl ReadModel {
     pub fn new(db: &Database) -> Self {
         Self {
             books: db.collection(BOOKS),
-            records: db.collection(BOOKS),
         }
     }
 
@@ -109,7 +107,12 @@ impl ReadModel {
     /// The current view of a book; `None` when unknown or deleted.
     pub async fn get(&self, id: &BookId) -> anyhow::Result<Option<Book>> {
         let object_id = ObjectId::parse_str(id.as_str())?;
-        let Some(record) = self.records.find_one(doc! { "_id": object_id }).await? else {
+        let Some(record) = self
+            .books
+            .clone_with_type::<BookRecord>()
+            .find_one(doc! { "_id": object_id })
+            .await?
+        else {
             return Ok(None);
         };
         if record.deleted {

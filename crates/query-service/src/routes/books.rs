@@ -1,12 +1,9 @@
 //! `GET /books/{id}`: one book from the read model.
 
-use axum::{
-    extract::{Path, State},
-    routing::get,
-    Json, Router,
-};
+use axum::{extract::State, routing::get, Json, Router};
 use domain::{Book, BookId};
 use platform::{
+    http::PathParam,
     problem::{FieldProblem, Problem, ProblemKind},
     ApiError,
 };
@@ -20,7 +17,7 @@ pub(super) fn router() -> Router<AppState> {
 #[tracing::instrument(name = "get_book", skip(read_model))]
 async fn get_book(
     State(read_model): State<ReadModel>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Book>, ApiError> {
     let id = BookId::parse(&id).map_err(|error| {
         let mut problem = Problem::new(

@@ -79,6 +79,15 @@ async fn get_returns_400_naming_the_id_when_it_is_not_an_object_id() {
 }
 
 #[tokio::test]
+async fn get_returns_400_problem_json_for_an_id_that_is_not_utf8() {
+    let app = spawn_app().await;
+
+    let problem = assert_problem(app.get_book("%FF%FE").await, 400).await;
+
+    assert_eq!(problem["type"], "urn:books:problem:invalid-parameter");
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_get_problem_json() {
     let app = spawn_app().await;
 
