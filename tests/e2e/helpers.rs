@@ -143,6 +143,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     query.group = unique("group");
     query.consumer = unique("consumer");
     query.block = Duration::from_millis(200);
+    query.batch = 256;
     query.dependency_timeout = Duration::from_secs(1);
     let query_service = start_query(query.clone()).await;
 
@@ -155,6 +156,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     command.stream = stream.clone();
     command.outbox_sweep_interval = Duration::from_millis(100);
     command.dependency_timeout = Duration::from_secs(1);
+    command.body_limit = 16 * 1024;
     command.query_base_url = query_service.url.clone();
     customize(&mut command);
     let command_service = start_command(command.clone()).await;

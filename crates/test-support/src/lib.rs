@@ -6,11 +6,13 @@
 //! set and a Docker engine is reachable, MongoDB 7 and Redis 7 containers are
 //! started once per test binary with testcontainers.
 
+mod cleanup;
 mod containers;
 mod proxy;
 
 use std::{future::Future, time::Duration};
 
+pub use cleanup::Cleanup;
 pub use proxy::TcpProxy;
 
 /// Addresses of the servers the tests use.

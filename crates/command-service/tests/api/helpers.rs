@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use platform::RedactedUrl;
 use redis::{aio::ConnectionManager, streams::StreamRangeReply};
 use serde_json::Value;
-use test_support::unique;
+use test_support::{unique, Cleanup};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ pub(crate) struct TestApp {
     pub(crate) settings: Settings,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _cleanup: Option<Cleanup>,
 }
 
 /// Settings for a test: fresh database and stream, free port, fast sweep.
@@ -42,8 +43,16 @@ pub(crate) async fn test_settings() -> Settings {
     }
 }
 
+/// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
-    spawn_app_with(test_settings().await).await
+    let settings = test_settings().await;
+    let cleanup = Cleanup::new(
+        vec![settings.database.clone()],
+        vec![settings.stream.clone()],
+    );
+    let mut app = spawn_app_with(settings).await;
+    app._cleanup = Some(cleanup);
+    app
 }
 
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
@@ -68,6 +77,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
         settings,
         shutdown,
         handle: Some(handle),
+        _cleanup: None,
     }
 }
 

@@ -14,7 +14,7 @@ use redis::{
     streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply},
 };
 use serde_json::Value;
-use test_support::{eventually, unique};
+use test_support::{eventually, unique, Cleanup};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ pub(crate) struct TestApp {
     pub(crate) settings: Settings,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _cleanup: Option<Cleanup>,
 }
 
 /// Settings for a test: fresh database, stream and group, free port.
@@ -51,8 +52,16 @@ pub(crate) async fn test_settings() -> Settings {
     }
 }
 
+/// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
-    spawn_app_with(test_settings().await).await
+    let settings = test_settings().await;
+    let cleanup = Cleanup::new(
+        vec![settings.database.clone()],
+        vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
+    );
+    let mut app = spawn_app_with(settings).await;
+    app._cleanup = Some(cleanup);
+    app
 }
 
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
@@ -74,6 +83,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
         settings,
         shutdown,
         handle: Some(handle),
+        _cleanup: None,
     }
 }
 
