@@ -8,7 +8,7 @@ use futures::{stream, StreamExt};
 use platform::RedactedUrl;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use test_support::{eventually, host_port, servers, TcpProxy};
+use test_support::{eventually, TcpProxy};
 
 use crate::helpers::{book, field, spawn_system, spawn_system_with, BULK_DEADLINE, DEADLINE};
 
@@ -154,8 +154,8 @@ async fn an_entry_that_is_not_an_event_is_dead_lettered_and_does_not_stop_later_
 async fn a_book_posted_while_redis_is_unreachable_is_delivered_once_it_is_reachable_again() {
     // Generous enough for the relay's backoff while Redis is away.
     const OUTAGE_DEADLINE: Duration = Duration::from_secs(20);
-    let proxy = TcpProxy::start(&host_port(&servers().await.redis_url)).await;
-    let through_proxy = format!("redis://{}", proxy.address());
+    let proxy = TcpProxy::in_front_of_redis().await;
+    let through_proxy = proxy.url();
     let system =
         spawn_system_with(|command| command.redis_url = RedactedUrl::new(through_proxy)).await;
 

@@ -6,12 +6,14 @@
 //! set and a Docker engine is reachable, MongoDB 7 and Redis 7 containers are
 //! started once per test binary with testcontainers.
 
+mod app;
 mod cleanup;
 mod containers;
 mod proxy;
 
 use std::{future::Future, time::Duration};
 
+pub use app::{assert_problem, RunningApp};
 pub use cleanup::Cleanup;
 pub use proxy::TcpProxy;
 
@@ -74,7 +76,7 @@ where
 
 /// The `host:port` of a `mongodb://` or `redis://` URL (credentials, path
 /// and options dropped), for pointing a proxy at it.
-pub fn host_port(url: &str) -> String {
+pub(crate) fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());

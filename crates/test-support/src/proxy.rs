@@ -18,15 +18,42 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TcpProxy {
     address: SocketAddr,
+    scheme: Scheme,
     down: Arc<AtomicBool>,
     /// Bumped on every cut, so live connections close.
     generation: watch::Sender<u64>,
     stop: CancellationToken,
 }
 
+#[derive(Clone, Copy)]
+enum Scheme {
+    Mongo,
+    Redis,
+}
+
 impl TcpProxy {
+    /// A proxy in front of the tests' MongoDB.
+    pub async fn in_front_of_mongo() -> Self {
+        let target = crate::host_port(&crate::servers().await.mongo_url);
+        Self::start(&target, Scheme::Mongo).await
+    }
+
+    /// A proxy in front of the tests' Redis.
+    pub async fn in_front_of_redis() -> Self {
+        let target = crate::host_port(&crate::servers().await.redis_url);
+        Self::start(&target, Scheme::Redis).await
+    }
+
+    /// The connection URL that goes through the proxy.
+    pub fn url(&self) -> String {
+        match self.scheme {
+            Scheme::Mongo => format!("mongodb://{}/?directConnection=true", self.address),
+            Scheme::Redis => format!("redis://{}", self.address),
+        }
+    }
+
     /// Listens on a free loopback port and forwards to `target` (`host:port`).
-    pub async fn start(target: &str) -> Self {
+    async fn start(target: &str, scheme: Scheme) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
@@ -68,6 +95,7 @@ impl TcpProxy {
         }
         Self {
             address,
+            scheme,
             down,
             generation,
             stop,

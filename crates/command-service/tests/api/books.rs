@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use test_support::{host_port, TcpProxy};
+use test_support::{assert_problem, TcpProxy};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, test_settings, valid_book};
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book};
 
 #[tokio::test]
 async fn create_answers_201_with_the_book_and_where_to_read_it() {
@@ -287,11 +287,8 @@ async fn every_answer_carries_a_request_id_and_keeps_the_callers() {
 #[tokio::test]
 async fn mongodb_unreachable_gets_a_503_fast_and_writes_nothing_then_service_resumes() {
     let mut settings = test_settings().await;
-    let proxy = TcpProxy::start(&host_port(settings.mongo_url.expose())).await;
-    settings.mongo_url = platform::RedactedUrl::new(format!(
-        "mongodb://{}/?directConnection=true",
-        proxy.address()
-    ));
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
     let app = spawn_app_with(settings).await;
 
     proxy.cut();

@@ -1,7 +1,7 @@
 //! `/healthz` and `/readyz`.
 
 use serde_json::Value;
-use test_support::{host_port, TcpProxy};
+use test_support::TcpProxy;
 
 use crate::helpers::{spawn_app, spawn_app_with, test_settings};
 
@@ -29,8 +29,8 @@ async fn ready_when_mongodb_and_redis_answer() {
 #[tokio::test]
 async fn not_ready_while_redis_is_unreachable() {
     let mut settings = test_settings().await;
-    let proxy = TcpProxy::start(&host_port(settings.redis_url.expose())).await;
-    settings.redis_url = platform::RedactedUrl::new(format!("redis://{}", proxy.address()));
+    let proxy = TcpProxy::in_front_of_redis().await;
+    settings.redis_url = platform::RedactedUrl::new(proxy.url());
     let app = spawn_app_with(settings).await;
 
     proxy.cut();

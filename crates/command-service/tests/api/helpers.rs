@@ -10,9 +10,7 @@ use futures::TryStreamExt;
 use platform::RedactedUrl;
 use redis::{aio::ConnectionManager, streams::StreamRangeReply};
 use serde_json::Value;
-use test_support::{unique, Cleanup};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use test_support::{unique, Cleanup, RunningApp};
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
@@ -20,9 +18,7 @@ pub(crate) struct TestApp {
     pub(crate) db: mongodb::Database,
     pub(crate) redis: ConnectionManager,
     pub(crate) settings: Settings,
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _cleanup: Option<Cleanup>,
+    app: RunningApp,
 }
 
 /// Settings for a test: fresh database and stream, free port, fast sweep.
@@ -51,7 +47,7 @@ pub(crate) async fn spawn_app() -> TestApp {
         vec![settings.stream.clone()],
     );
     let mut app = spawn_app_with(settings).await;
-    app._cleanup = Some(cleanup);
+    app.app.clean_up_after(cleanup);
     app
 }
 
@@ -61,8 +57,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("command-service builds");
     let address = app.local_addr();
-    let shutdown = app.shutdown_token();
-    let handle = tokio::spawn(app.run_until_stopped());
+    let running = RunningApp::spawn(app.shutdown_token(), app.run_until_stopped());
     let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
         .await
         .expect("MongoDB client");
@@ -75,9 +70,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
             .await
             .expect("Redis connection"),
         settings,
-        shutdown,
-        handle: Some(handle),
-        _cleanup: None,
+        app: running,
     }
 }
 
@@ -144,41 +137,10 @@ impl TestApp {
 
     /// Stops the service as SIGTERM would and waits for it.
     pub(crate) async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("task").expect("clean stop");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.app.stop().await;
     }
 }
 
 pub(crate) fn valid_book() -> Value {
     serde_json::json!({ "title": "Dune", "author": "Frank Herbert", "publishedYear": 1965 })
-}
-
-/// Asserts a problem+json answer with `status`, and returns its body.
-pub(crate) async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.expect("JSON body");
-    assert_eq!(body["status"], status);
-    assert!(
-        body["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("urn:books:problem:")),
-        "{body}"
-    );
-    assert!(
-        body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
-    body
 }

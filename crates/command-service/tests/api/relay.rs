@@ -8,7 +8,7 @@ use chrono::{SubsecRound, Utc};
 use domain::{Book, BookDraft, BookEvent, BookId};
 use futures::{stream, StreamExt};
 use serde_json::Value;
-use test_support::{eventually, host_port, TcpProxy};
+use test_support::{eventually, TcpProxy};
 
 use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book, TestApp};
 
@@ -138,8 +138,8 @@ async fn events_left_pending_by_a_crash_are_published_at_start() {
 #[tokio::test]
 async fn a_write_accepted_while_redis_is_down_is_published_when_it_returns() {
     let mut settings = test_settings().await;
-    let proxy = TcpProxy::start(&host_port(settings.redis_url.expose())).await;
-    settings.redis_url = platform::RedactedUrl::new(format!("redis://{}", proxy.address()));
+    let proxy = TcpProxy::in_front_of_redis().await;
+    settings.redis_url = platform::RedactedUrl::new(proxy.url());
     let app = spawn_app_with(settings).await;
 
     proxy.cut();

@@ -3,7 +3,9 @@
 use domain::BookEvent;
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, new_book, spawn_app};
+use test_support::assert_problem;
+
+use crate::helpers::{new_book, spawn_app};
 
 #[tokio::test]
 async fn get_returns_the_book_once_its_event_is_applied() {

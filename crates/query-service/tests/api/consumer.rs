@@ -2,7 +2,7 @@
 
 use domain::BookEvent;
 use serde_json::Value;
-use test_support::{eventually, host_port, TcpProxy};
+use test_support::{eventually, TcpProxy};
 
 use crate::helpers::{
     deleted, new_book, redis_connection, spawn_app, spawn_app_with, test_settings, updated,
@@ -201,11 +201,8 @@ async fn entries_delivered_but_never_acknowledged_are_applied_after_a_restart() 
 #[tokio::test]
 async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_returns() {
     let mut settings = test_settings().await;
-    let proxy = TcpProxy::start(&host_port(settings.mongo_url.expose())).await;
-    settings.mongo_url = platform::RedactedUrl::new(format!(
-        "mongodb://{}/?directConnection=true",
-        proxy.address()
-    ));
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
     let app = spawn_app_with(settings).await;
 
     proxy.cut();

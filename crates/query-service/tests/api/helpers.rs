@@ -14,9 +14,7 @@ use redis::{
     streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply},
 };
 use serde_json::Value;
-use test_support::{eventually, unique, Cleanup};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use test_support::{eventually, unique, Cleanup, RunningApp};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -26,9 +24,7 @@ pub(crate) struct TestApp {
     pub(crate) db: mongodb::Database,
     pub(crate) redis: ConnectionManager,
     pub(crate) settings: Settings,
-    shutdown: CancellationToken,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _cleanup: Option<Cleanup>,
+    app: RunningApp,
 }
 
 /// Settings for a test: fresh database, stream and group, free port.
@@ -60,7 +56,7 @@ pub(crate) async fn spawn_app() -> TestApp {
         vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
     );
     let mut app = spawn_app_with(settings).await;
-    app._cleanup = Some(cleanup);
+    app.app.clean_up_after(cleanup);
     app
 }
 
@@ -70,8 +66,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("query-service builds");
     let address = app.local_addr();
-    let shutdown = app.shutdown_token();
-    let handle = tokio::spawn(app.run_until_stopped());
+    let running = RunningApp::spawn(app.shutdown_token(), app.run_until_stopped());
     let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
         .await
         .expect("MongoDB client");
@@ -81,9 +76,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
         db: mongo.database(&settings.database),
         redis: redis_connection().await,
         settings,
-        shutdown,
-        handle: Some(handle),
-        _cleanup: None,
+        app: running,
     }
 }
 
@@ -174,17 +167,9 @@ impl TestApp {
         .await;
     }
 
+    /// Stops the service as SIGTERM would and waits for it.
     pub(crate) async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("task").expect("clean stop");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.app.stop().await;
     }
 }
 
@@ -242,19 +227,4 @@ pub(crate) fn deleted(book: &Book, version: u64) -> BookEvent {
     event.version = version;
     event.book = None;
     event
-}
-
-/// Asserts a problem+json answer with `status`, and returns its body.
-pub(crate) async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.expect("JSON body");
-    assert_eq!(body["status"], status);
-    assert!(body["type"]
-        .as_str()
-        .is_some_and(|t| t.starts_with("urn:books:problem:")));
-    body
 }
