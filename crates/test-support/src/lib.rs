@@ -48,6 +48,22 @@ pub async fn servers() -> &'static Servers {
         .await
 }
 
+/// A handle on database `name` of the tests' MongoDB, for assertions.
+pub async fn mongo_database(name: &str) -> mongodb::Database {
+    let client = mongodb::Client::with_uri_str(&servers().await.mongo_url)
+        .await
+        .expect("a MongoDB client");
+    client.database(name)
+}
+
+/// A connection to the tests' Redis, for assertions and injected entries.
+pub async fn redis_connection() -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(servers().await.redis_url.as_str()).expect("a Redis URL");
+    redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("a Redis connection")
+}
+
 /// A name no other test uses: `prefix` plus 12 random hex digits. Databases
 /// and stream keys get one each, so tests run in parallel.
 pub fn unique(prefix: &str) -> String {

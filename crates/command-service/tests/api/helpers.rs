@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use platform::RedactedUrl;
 use redis::{aio::ConnectionManager, streams::StreamRangeReply};
 use serde_json::Value;
-use test_support::{unique, Cleanup, RunningApp};
+use test_support::{mongo_database, redis_connection, unique, Cleanup, RunningApp};
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
@@ -52,23 +52,16 @@ pub(crate) async fn spawn_app() -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
-    let servers = test_support::servers().await;
     let app = Application::build(settings.clone())
         .await
         .expect("command-service builds");
     let address = app.local_addr();
     let running = RunningApp::spawn(app.shutdown_token(), app.run_until_stopped());
-    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
-        .await
-        .expect("MongoDB client");
-    let redis = redis::Client::open(servers.redis_url.as_str()).expect("Redis URL");
     TestApp {
         address,
         http: reqwest::Client::new(),
-        db: mongo.database(&settings.database),
-        redis: ConnectionManager::new(redis)
-            .await
-            .expect("Redis connection"),
+        db: mongo_database(&settings.database).await,
+        redis: redis_connection().await,
         settings,
         app: running,
     }

@@ -107,10 +107,6 @@ async fn events_left_pending_by_a_crash_are_published_at_start() {
     let settings = test_settings().await;
     // What a crash right after the write leaves behind: a book whose event
     // is still in its outbox.
-    let servers = test_support::servers().await;
-    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
-        .await
-        .unwrap();
     let id = ObjectId::new();
     let draft = BookDraft::parse("Left Behind", "A", 1999).unwrap();
     let book = Book::create(
@@ -119,8 +115,8 @@ async fn events_left_pending_by_a_crash_are_published_at_start() {
         Utc::now().trunc_subsecs(3),
     );
     let event = BookEvent::created(&book, None).to_json();
-    mongo
-        .database(&settings.database)
+    test_support::mongo_database(&settings.database)
+        .await
         .collection::<bson::Document>("books")
         .insert_one(doc! {
             "_id": id, "title": "Left Behind", "author": "A", "publishedYear": 1999,

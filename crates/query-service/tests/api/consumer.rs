@@ -2,11 +2,10 @@
 
 use domain::BookEvent;
 use serde_json::Value;
-use test_support::{eventually, TcpProxy};
+use test_support::{eventually, redis_connection, TcpProxy};
 
 use crate::helpers::{
-    deleted, new_book, redis_connection, spawn_app, spawn_app_with, test_settings, updated,
-    xadd_event, DEADLINE,
+    deleted, new_book, spawn_app, spawn_app_with, test_settings, updated, xadd_event, DEADLINE,
 };
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use redis::{
     streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply},
 };
 use serde_json::Value;
-use test_support::{eventually, unique, Cleanup, RunningApp};
+use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -61,19 +61,15 @@ pub(crate) async fn spawn_app() -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
-    let servers = test_support::servers().await;
     let app = Application::build(settings.clone())
         .await
         .expect("query-service builds");
     let address = app.local_addr();
     let running = RunningApp::spawn(app.shutdown_token(), app.run_until_stopped());
-    let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
-        .await
-        .expect("MongoDB client");
     TestApp {
         address,
         http: reqwest::Client::new(),
-        db: mongo.database(&settings.database),
+        db: mongo_database(&settings.database).await,
         redis: redis_connection().await,
         settings,
         app: running,
@@ -171,15 +167,6 @@ impl TestApp {
     pub(crate) async fn stop(mut self) {
         self.app.stop().await;
     }
-}
-
-/// A connection to the test Redis, for assertions and injected entries.
-pub(crate) async fn redis_connection() -> ConnectionManager {
-    let url = &test_support::servers().await.redis_url;
-    let client = redis::Client::open(url.as_str()).expect("Redis URL");
-    ConnectionManager::new(client)
-        .await
-        .expect("Redis connection")
 }
 
 /// Appends `event` to `stream` as the command side's relay does.
