@@ -133,18 +133,23 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
+    /// Publishes and clears a batch of new events. The batch is always
+    /// emptied: whatever fails here stays pending in MongoDB for the sweep.
     async fn publish_new(&mut self, batch: &mut Vec<Outgoing>) -> anyhow::Result<()> {
         // Events that waited in the channel longer than the sweep's grace
         // may already be taken by the sweep: leave them to it rather than
         // publish them twice.
-        batch.retain(|o| o.stored_at.elapsed() < SWEEP_GRACE);
-        let events: Vec<(&str, &str)> = batch
+        let fresh: Vec<Outgoing> = batch
+            .drain(..)
+            .filter(|o| o.stored_at.elapsed() < SWEEP_GRACE)
+            .collect();
+        let events: Vec<(&str, &str)> = fresh
             .iter()
             .map(|o| (o.event_type, o.json.as_str()))
             .collect();
         self.append(&events).await?;
-        let published: Vec<Published> = batch
-            .drain(..)
+        let published: Vec<Published> = fresh
+            .into_iter()
             .map(|o| Published {
                 id: o.book_id,
                 guard: ClearGuard::OutboxUnchanged,
