@@ -33,10 +33,11 @@ fn parse_text(field: &'static str, raw: &str, max: usize) -> Result<String, Fiel
 }
 
 macro_rules! text_type {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+    ($(#[$doc:meta])* schema($($schema:tt)*) $name:ident, $field:literal, $max:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schema($($schema)*)]
         pub struct $name(String);
 
         impl $name {
@@ -75,6 +76,7 @@ macro_rules! text_type {
 
 text_type!(
     /// A book's title: 1 to 200 characters once trimmed, no control characters.
+    schema(value_type = String, min_length = 1, max_length = 200, example = "Dune")
     Title,
     "title",
     200
@@ -82,14 +84,26 @@ text_type!(
 
 text_type!(
     /// A book's author: 1 to 100 characters once trimmed, no control characters.
+    schema(value_type = String, min_length = 1, max_length = 100, example = "Frank Herbert")
     Author,
     "author",
     100
 );
 
+impl Author {
+    /// The form under which an author is looked up and grouped: lower case,
+    /// so `Ursula K. Le Guin` and `ursula k. le guin` are one author.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
 /// The year a book was published: an integer from -3000 (3001 BCE) to 2100.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "i64", into = "i32")]
+#[schema(value_type = i32, minimum = -3000, maximum = 2100, example = 1965)]
 pub struct PublishedYear(i32);
 
 impl PublishedYear {
@@ -132,8 +146,9 @@ impl From<PublishedYear> for i32 {
 
 /// A book's identity: 24 hexadecimal digits (the text form of a MongoDB
 /// ObjectId), kept in lower case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[0-9a-fA-F]{24}$", example = "65a1b2c3d4e5f60718293a4b")]
 pub struct BookId(String);
 
 impl BookId {
@@ -204,8 +219,71 @@ impl BookDraft {
     }
 }
 
+/// One field of a JSON merge patch (RFC 7396).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchField<T> {
+    /// Absent from the patch: the field keeps its value.
+    Keep,
+    /// `null` in the patch: a removal, which a book refuses (every field is
+    /// required).
+    Remove,
+    /// A new value.
+    Set(T),
+}
+
+/// The validated content of a partial update: each field present replaces
+/// the book's current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BookPatch {
+    pub title: Option<Title>,
+    pub author: Option<Author>,
+    pub published_year: Option<PublishedYear>,
+}
+
+impl BookPatch {
+    /// Validates every field present and reports every failure; a `null`
+    /// breaks the `required` rule.
+    pub fn parse(
+        title: PatchField<&str>,
+        author: PatchField<&str>,
+        published_year: PatchField<i64>,
+    ) -> Result<Self, ValidationErrors> {
+        fn field<T, R>(
+            name: &'static str,
+            raw: PatchField<R>,
+            parse: impl FnOnce(R) -> Result<T, FieldError>,
+        ) -> Result<Option<T>, FieldError> {
+            match raw {
+                PatchField::Keep => Ok(None),
+                PatchField::Remove => Err(FieldError::new(
+                    name,
+                    Rule::Required,
+                    "cannot be removed: every field of a book is required",
+                )),
+                PatchField::Set(value) => parse(value).map(Some),
+            }
+        }
+        let title = field("title", title, Title::parse);
+        let author = field("author", author, Author::parse);
+        let published_year = field("publishedYear", published_year, PublishedYear::parse);
+        match (title, author, published_year) {
+            (Ok(title), Ok(author), Ok(published_year)) => Ok(Self {
+                title,
+                author,
+                published_year,
+            }),
+            (title, author, year) => Err(ValidationErrors(
+                [title.err(), author.err(), year.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )),
+        }
+    }
+}
+
 /// The full state of a book, as carried by events and served by reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BookState {
     pub title: Title,
@@ -216,13 +294,15 @@ pub struct BookState {
 }
 
 /// A book with its identity and version (1 on create, +1 per change).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Book {
     #[serde(rename = "_id")]
     pub id: BookId,
     #[serde(flatten)]
     pub state: BookState,
+    /// 1 on create, +1 per change; the `ETag` of the book is this number.
+    #[schema(minimum = 1, example = 1)]
     pub version: u64,
 }
 
@@ -240,6 +320,36 @@ impl Book {
             },
             version: 1,
         }
+    }
+
+    /// The next version of this book with `draft`'s content, changed at
+    /// `now`; `None` when the content would not change.
+    pub fn replace(&self, draft: BookDraft, now: DateTime<Utc>) -> Option<Self> {
+        let unchanged = draft.title == self.state.title
+            && draft.author == self.state.author
+            && draft.published_year == self.state.published_year;
+        (!unchanged).then(|| Self {
+            id: self.id.clone(),
+            state: BookState {
+                title: draft.title,
+                author: draft.author,
+                published_year: draft.published_year,
+                created_at: self.state.created_at,
+                updated_at: now.max(self.state.updated_at),
+            },
+            version: self.version + 1,
+        })
+    }
+
+    /// The next version of this book with `patch` merged in; `None` when
+    /// the content would not change.
+    pub fn patch(&self, patch: BookPatch, now: DateTime<Utc>) -> Option<Self> {
+        let draft = BookDraft {
+            title: patch.title.unwrap_or_else(|| self.state.title.clone()),
+            author: patch.author.unwrap_or_else(|| self.state.author.clone()),
+            published_year: patch.published_year.unwrap_or(self.state.published_year),
+        };
+        self.replace(draft, now)
     }
 }
 
@@ -362,6 +472,85 @@ mod tests {
         assert_eq!(book.version, 1);
         assert_eq!(book.state.created_at, now);
         assert_eq!(book.state.updated_at, now);
+    }
+
+    fn dune() -> Book {
+        let draft = BookDraft::parse("Dune", "Frank Herbert", 1965).unwrap();
+        Book::create(
+            BookId::parse(&"a".repeat(24)).unwrap(),
+            draft,
+            "2024-05-01T10:00:00.123Z".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn replacing_bumps_the_version_and_keeps_the_creation_time() {
+        let book = dune();
+        let later = book.state.created_at + chrono::Duration::seconds(5);
+        let draft = BookDraft::parse("Dune Messiah", "Frank Herbert", 1969).unwrap();
+        let next = book.replace(draft, later).unwrap();
+        assert_eq!(next.version, 2);
+        assert_eq!(next.state.title.as_str(), "Dune Messiah");
+        assert_eq!(next.state.created_at, book.state.created_at);
+        assert_eq!(next.state.updated_at, later);
+    }
+
+    #[test]
+    fn replacing_with_the_same_content_changes_nothing() {
+        let book = dune();
+        let draft = BookDraft::parse(" Dune ", "Frank Herbert", 1965).unwrap();
+        assert_eq!(book.replace(draft, Utc::now()), None);
+    }
+
+    #[test]
+    fn update_time_never_goes_backwards() {
+        let book = dune();
+        let earlier = book.state.updated_at - chrono::Duration::seconds(5);
+        let draft = BookDraft::parse("Dune", "F. Herbert", 1965).unwrap();
+        let next = book.replace(draft, earlier).unwrap();
+        assert_eq!(next.state.updated_at, book.state.updated_at);
+    }
+
+    #[test]
+    fn patch_changes_only_the_fields_present() {
+        let patch =
+            BookPatch::parse(PatchField::Keep, PatchField::Keep, PatchField::Set(1966)).unwrap();
+        let next = dune().patch(patch, Utc::now()).unwrap();
+        assert_eq!(next.state.published_year.value(), 1966);
+        assert_eq!(next.state.title.as_str(), "Dune");
+        assert_eq!(next.state.author.as_str(), "Frank Herbert");
+        assert_eq!(next.version, 2);
+    }
+
+    #[test]
+    fn an_empty_patch_changes_nothing() {
+        assert_eq!(dune().patch(BookPatch::default(), Utc::now()), None);
+    }
+
+    #[test]
+    fn patch_refuses_removals_and_reports_every_invalid_field() {
+        let errors = BookPatch::parse(
+            PatchField::Remove,
+            PatchField::Set(""),
+            PatchField::Set(9999),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errors.0.iter().map(|e| (e.field, e.rule)).collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("title", Rule::Required),
+                ("author", Rule::Required),
+                ("publishedYear", Rule::OutOfRange)
+            ]
+        );
+    }
+
+    #[test]
+    fn author_key_ignores_case() {
+        let a = Author::parse("Ursula K. Le Guin").unwrap();
+        let b = Author::parse("URSULA k. le guin").unwrap();
+        assert_eq!(a.key(), b.key());
     }
 
     #[test]

@@ -74,6 +74,34 @@ impl BookEvent {
         }
     }
 
+    /// The event that records `book` becoming its current version by an
+    /// update.
+    pub fn updated(book: &Book, traceparent: Option<String>) -> Self {
+        Self {
+            event_type: EventType::BookUpdated,
+            ..Self::created(book, traceparent)
+        }
+    }
+
+    /// The event that records the deletion of book `id`, which made its
+    /// version `version`, at `at`.
+    pub fn deleted(
+        id: &BookId,
+        version: u64,
+        at: DateTime<Utc>,
+        traceparent: Option<String>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type: EventType::BookDeleted,
+            book_id: id.clone(),
+            version,
+            occurred_at: at,
+            book: None,
+            traceparent,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an event always serializes")
     }
@@ -136,6 +164,18 @@ mod tests {
     fn event_without_traceparent_omits_the_field() {
         let json = BookEvent::created(&book(), None).to_json();
         assert!(!json.contains("traceparent"), "{json}");
+    }
+
+    #[test]
+    fn updated_and_deleted_events_decode_as_valid_events() {
+        let mut book = book();
+        book.version = 2;
+        let updated = BookEvent::updated(&book, None);
+        assert_eq!(updated.event_type, EventType::BookUpdated);
+        assert_eq!(BookEvent::from_json(&updated.to_json()).unwrap(), updated);
+        let deleted = BookEvent::deleted(&book.id, 3, book.state.updated_at, None);
+        assert_eq!(deleted.book, None);
+        assert_eq!(BookEvent::from_json(&deleted.to_json()).unwrap(), deleted);
     }
 
     #[test]

@@ -5,6 +5,8 @@ mod book;
 mod error;
 mod event;
 
-pub use book::{Author, Book, BookDraft, BookId, BookState, PublishedYear, Title};
+pub use book::{
+    Author, Book, BookDraft, BookId, BookPatch, BookState, PatchField, PublishedYear, Title,
+};
 pub use error::{FieldError, Rule, ValidationErrors};
 pub use event::{BookEvent, EventDecodeError, EventType};

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use axum::{
     extract::{FromRef, State},
     http::StatusCode,
-    response::IntoResponse,
-    routing::get,
-    Json, Router,
+    Json,
 };
 use redis::aio::ConnectionManager;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -23,23 +24,55 @@ pub struct Dependencies {
 }
 
 /// `/healthz` and `/readyz` for any state that holds the `Dependencies`.
-pub fn router<S>() -> Router<S>
+pub fn router<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Dependencies: FromRef<S>,
 {
-    Router::new()
-        .route("/healthz", get(liveness))
-        .route("/readyz", get(readiness))
+    OpenApiRouter::new()
+        .routes(routes!(liveness))
+        .routes(routes!(readiness))
 }
 
-async fn readiness(State(mut deps): State<Dependencies>) -> impl IntoResponse {
+/// A health answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (alive), `ready`, or `unavailable`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Each dependency checked, `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(required = false, value_type = BTreeMap<String, String>, example = json!({"mongodb": "up", "redis": "up"}))]
+    pub checks: BTreeMap<&'static str, &'static str>,
+}
+
+/// Readiness: whether MongoDB and Redis answer a ping within a second.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every dependency answers", body = Health),
+        (status = 503, description = "A dependency does not answer", body = Health),
+    )
+)]
+async fn readiness(State(mut deps): State<Dependencies>) -> (StatusCode, Json<Health>) {
     let (mongo, redis) = tokio::join!(mongo_up(&deps.mongo), redis_up(&mut deps.redis));
     report(&[("mongodb", mongo), ("redis", redis)])
 }
 
-async fn liveness() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+/// Liveness: the process serves requests. Touches no dependency.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The service is alive", body = Health))
+)]
+async fn liveness() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        checks: BTreeMap::new(),
+    })
 }
 
 /// Whether MongoDB answers a `ping` in time.
@@ -56,19 +89,22 @@ async fn redis_up(redis: &mut redis::aio::ConnectionManager) -> bool {
 }
 
 /// 200 when every check passed, 503 otherwise; the body names each one.
-fn report(checks: &[(&str, bool)]) -> impl IntoResponse {
+fn report(checks: &[(&'static str, bool)]) -> (StatusCode, Json<Health>) {
     let ready = checks.iter().all(|(_, up)| *up);
-    let detail: Map<String, Value> = checks
+    let checks = checks
         .iter()
-        .map(|(name, up)| ((*name).to_owned(), json!(if *up { "up" } else { "down" })))
+        .map(|(name, up)| (*name, if *up { "up" } else { "down" }))
         .collect();
-    let status = if ready {
-        StatusCode::OK
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
     (
         status,
-        Json(json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": detail })),
+        Json(Health {
+            status: word,
+            checks,
+        }),
     )
 }

@@ -22,6 +22,12 @@ use crate::problem::{FieldProblem, Problem, ProblemKind};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The strong entity tag of a book at `version`: the version in quotes.
+pub fn etag(version: u64) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!("\"{version}\""))
+        .expect("digits and quotes are a valid header value")
+}
+
 /// A JSON request body. Unlike `axum::Json`, every way a body can be wrong
 /// is answered with problem+json that names the field and the rule:
 /// 415 when it is not declared as JSON, 413 over the body limit, 400 when it

@@ -3,7 +3,7 @@
 //! `type` URI that clients may match on.
 
 use axum::{
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -28,6 +28,15 @@ pub enum ProblemKind {
     NotFound,
     /// The route exists but not for this method (405).
     MethodNotAllowed,
+    /// No valid `Authorization: Bearer` token (401).
+    Unauthorized,
+    /// `If-Match` names another version than the current one (412).
+    PreconditionFailed,
+    /// The write kept losing races with other writers (409).
+    Conflict,
+    /// The read model has not reached the version the client asked for
+    /// within the wait limit (503).
+    NotCaughtUp,
     /// A dependency (MongoDB, Redis) cannot be reached in time (503).
     ServiceUnavailable,
     /// Anything unexpected; details are in the server log only (500).
@@ -43,7 +52,10 @@ impl ProblemKind {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::NotCaughtUp | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +69,10 @@ impl ProblemKind {
             Self::InvalidParameter => "urn:books:problem:invalid-parameter",
             Self::NotFound => "urn:books:problem:not-found",
             Self::MethodNotAllowed => "urn:books:problem:method-not-allowed",
+            Self::Unauthorized => "urn:books:problem:unauthorized",
+            Self::PreconditionFailed => "urn:books:problem:precondition-failed",
+            Self::Conflict => "urn:books:problem:conflict",
+            Self::NotCaughtUp => "urn:books:problem:not-caught-up",
             Self::ServiceUnavailable => "urn:books:problem:service-unavailable",
             Self::Internal => "urn:books:problem:internal",
         }
@@ -71,6 +87,10 @@ impl ProblemKind {
             Self::InvalidParameter => "A request parameter is invalid",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::Unauthorized => "Authentication required",
+            Self::PreconditionFailed => "The book is not at the expected version",
+            Self::Conflict => "Too many concurrent writes to this book",
+            Self::NotCaughtUp => "The requested version is not visible yet",
             Self::ServiceUnavailable => "The service is temporarily unavailable",
             Self::Internal => "Internal server error",
         }
@@ -78,10 +98,16 @@ impl ProblemKind {
 }
 
 /// One field that broke one rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
+    /// The body field (dotted path), query parameter or header at fault.
+    #[schema(example = "publishedYear")]
     pub field: String,
+    /// The rule it broke: `required`, `tooLong`, `controlCharacter`,
+    /// `outOfRange`, `format`, `unknownField`, `invalidType`...
+    #[schema(example = "outOfRange")]
     pub rule: String,
+    #[schema(example = "must be an integer from -3000 to 2100, got 3000")]
     pub detail: String,
 }
 
@@ -95,18 +121,37 @@ impl From<&domain::FieldError> for FieldProblem {
     }
 }
 
-/// A problem details body.
-#[derive(Debug, Clone, Serialize)]
+/// A problem details body (RFC 9457).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Problem {
+    /// Stable identifier of the kind of problem, `urn:books:problem:<kind>`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "urn:books:problem:validation")]
     type_uri: &'static str,
+    #[schema(value_type = String)]
     title: &'static str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong in this request, in words.
     detail: String,
+    /// Each field that broke a rule (validation and parameter problems).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     errors: Vec<FieldProblem>,
+    /// The book's current version (precondition and read-your-writes
+    /// problems).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    current_version: Option<u64>,
+    /// The version the client asked to read (read-your-writes problems).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    required_version: Option<u64>,
     #[serde(skip)]
     kind: ProblemKind,
+    #[serde(skip)]
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -117,8 +162,30 @@ impl Problem {
             status: kind.status().as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            current_version: None,
+            required_version: None,
             kind,
+            headers: Vec::new(),
         }
+    }
+
+    /// Names the book's current version (`null` in JSON when it has none).
+    pub fn with_current_version(mut self, version: Option<u64>) -> Self {
+        self.current_version = version;
+        self
+    }
+
+    /// Names the version the client asked for.
+    pub fn with_required_version(mut self, version: u64) -> Self {
+        self.required_version = Some(version);
+        self
+    }
+
+    /// Sends `name: value` with the problem (`WWW-Authenticate`, `ETag`,
+    /// `Retry-After`...).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// A 422 naming every field that broke a rule.
@@ -147,6 +214,18 @@ impl Problem {
     pub fn errors(&self) -> &[FieldProblem] {
         &self.errors
     }
+
+    /// A 400 for a query parameter or header that broke a rule.
+    pub fn invalid_parameter(field: &str, rule: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut problem = Self::new(ProblemKind::InvalidParameter, format!("{field}: {detail}"));
+        problem.push_error(FieldProblem {
+            field: field.to_owned(),
+            rule: rule.to_owned(),
+            detail,
+        });
+        problem
+    }
 }
 
 impl From<&domain::ValidationErrors> for Problem {
@@ -159,11 +238,13 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.kind.status();
         let body = serde_json::to_vec(&self).expect("a problem always serializes");
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
             body,
         )
-            .into_response()
+            .into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }

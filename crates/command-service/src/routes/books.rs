@@ -3,24 +3,24 @@
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
-    routing::post,
-    Json, Router,
+    Json,
 };
 use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Book, BookDraft, BookEvent, BookId};
 use platform::{http::JsonBody, ApiError};
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{relay::Outgoing, state::AppState};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/books", post(create_book))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_book))
 }
 
 /// The body of `POST /books`, before validation. Unknown fields are refused
 /// so that a typo (`publishedyear`) is reported instead of ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBook {
     title: String,
@@ -35,6 +35,16 @@ type Created = (
     Json<Book>,
 );
 
+/// Creates a book. The answer's `Location` is the book on query-service.
+#[utoipa::path(
+    post,
+    path = "/books",
+    tag = "books",
+    request_body = inline(CreateBook),
+    responses(
+        (status = 201, description = "Created", body = Book),
+    )
+)]
 #[tracing::instrument(name = "create_book", skip_all, fields(book_id))]
 async fn create_book(
     State(state): State<AppState>,

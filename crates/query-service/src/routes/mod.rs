@@ -1,15 +1,42 @@
-//! The HTTP routes, one module per resource.
+//! The HTTP routes, one module per resource, and the OpenAPI document
+//! generated from them.
 
 mod books;
 
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
-    let routes = Router::new()
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "books query-service",
+        description = "Reads of the books read model, kept current from the events of command-service. Eventually consistent: see `minVersion` for reading your own writes.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    tags(
+        (name = "books", description = "The read model of books"),
+        (name = "health", description = "Liveness and readiness"),
+        (name = "meta", description = "This document"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route with its documentation.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(books::router())
         .merge(platform::health::router())
-        .with_state(state);
-    platform::http::with_common_layers(routes, body_limit)
+}
+
+/// The OpenAPI document of every route `router` serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    platform::openapi::split(routes()).1
+}
+
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    let (routes, _) = platform::openapi::split(routes());
+    platform::http::with_common_layers(routes.with_state(state), body_limit)
 }
