@@ -6,6 +6,8 @@ use axum::{
     http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use std::num::NonZeroU64;
+
 use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -142,16 +144,17 @@ pub struct Problem {
     /// The book's current version (precondition and read-your-writes
     /// problems).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
-    current_version: Option<u64>,
+    #[schema(required = false, value_type = Option<u64>, minimum = 1)]
+    current_version: Option<NonZeroU64>,
     /// The version the client asked to read (read-your-writes problems).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
-    required_version: Option<u64>,
+    #[schema(required = false, value_type = Option<u64>, minimum = 1)]
+    required_version: Option<NonZeroU64>,
     #[serde(skip)]
     kind: ProblemKind,
+    /// A boxed slice: most problems have none, and errors stay small.
     #[serde(skip)]
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: Option<Box<[(HeaderName, HeaderValue)]>>,
 }
 
 impl Problem {
@@ -165,26 +168,28 @@ impl Problem {
             current_version: None,
             required_version: None,
             kind,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
-    /// Names the book's current version (`null` in JSON when it has none).
+    /// Names the book's current version (omitted when it has none).
     pub fn with_current_version(mut self, version: Option<u64>) -> Self {
-        self.current_version = version;
+        self.current_version = version.and_then(NonZeroU64::new);
         self
     }
 
     /// Names the version the client asked for.
     pub fn with_required_version(mut self, version: u64) -> Self {
-        self.required_version = Some(version);
+        self.required_version = NonZeroU64::new(version);
         self
     }
 
     /// Sends `name: value` with the problem (`WWW-Authenticate`, `ETag`,
     /// `Retry-After`...).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        let mut headers = self.headers.take().map(Vec::from).unwrap_or_default();
+        headers.push((name, value));
+        self.headers = Some(headers.into_boxed_slice());
         self
     }
 
@@ -244,7 +249,9 @@ impl IntoResponse for Problem {
             body,
         )
             .into_response();
-        response.headers_mut().extend(self.headers);
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(headers);
+        }
         response
     }
 }
