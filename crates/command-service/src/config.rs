@@ -4,6 +4,8 @@ use std::{net::IpAddr, time::Duration};
 
 use platform::{env, RedactedUrl};
 
+use crate::auth::ApiTokens;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Address to listen on (`HOST`, default 0.0.0.0).
@@ -29,6 +31,9 @@ pub struct Settings {
     pub query_base_url: String,
     /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`, default 16384).
     pub body_limit: usize,
+    /// Bearer tokens accepted on commands (`API_TOKENS`, comma-separated;
+    /// none by default, which refuses every command).
+    pub api_tokens: ApiTokens,
 }
 
 impl Settings {
@@ -46,6 +51,7 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             body_limit: env::parse("BODY_LIMIT_BYTES", 16 * 1024)?,
+            api_tokens: ApiTokens::parse(&env::string("API_TOKENS", "")),
         })
     }
 }

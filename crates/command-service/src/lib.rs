@@ -2,6 +2,7 @@
 //! the event it causes in one MongoDB document write, and relays those
 //! events to a Redis Stream (and Pub/Sub) without losing any.
 
+pub mod auth;
 pub mod config;
 pub mod relay;
 pub mod routes;

@@ -49,7 +49,13 @@ impl Application {
                 redis,
             },
             query_base_url: Arc::from(settings.query_base_url.as_str()),
+            api_tokens: settings.api_tokens.clone(),
         };
+        if settings.api_tokens.is_empty() {
+            tracing::warn!(
+                "API_TOKENS is empty: every command will be refused with 401; set API_TOKENS to accept writes"
+            );
+        }
         let router = routes::router(state, settings.body_limit);
         let server =
             HttpServer::bind(SocketAddr::new(settings.host, settings.port), router).await?;

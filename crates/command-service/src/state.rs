@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use platform::health::Dependencies;
 
-use crate::{relay::OutboxNotifier, store::BookStore};
+use crate::{auth::ApiTokens, relay::OutboxNotifier, store::BookStore};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +14,13 @@ pub struct AppState {
     pub dependencies: Dependencies,
     /// Base URL of the query service, for `Location` headers.
     pub query_base_url: Arc<str>,
+    pub api_tokens: ApiTokens,
+}
+
+impl FromRef<AppState> for ApiTokens {
+    fn from_ref(state: &AppState) -> Self {
+        state.api_tokens.clone()
+    }
 }
 
 impl FromRef<AppState> for BookStore {

@@ -8,8 +8,9 @@ use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
+use serde::Deserialize;
 
-use domain::Book;
+use domain::{Author, Book, BookId, BookState, PublishedYear, Title};
 
 const BOOKS: &str = "books";
 
@@ -40,6 +41,41 @@ pub struct PendingBook {
     pub id: ObjectId,
     pub version: i64,
     pub events: Vec<String>,
+}
+
+/// A book as the write model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Live(Book),
+    /// Deleted at this version; the document stays as a tombstone.
+    Deleted {
+        version: u64,
+    },
+}
+
+/// A write-model document, as read back for a command.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BookRecord {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    version: i64,
+    #[serde(default)]
+    deleted: bool,
+    title: Option<String>,
+    author: Option<String>,
+    published_year: Option<i64>,
+    created_at: Option<DateTime>,
+    updated_at: Option<DateTime>,
+}
+
+/// Why a stored document could not be read as a book.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("stored book {id} is not valid: {reason}")]
+    Corrupt { id: ObjectId, reason: String },
 }
 
 #[derive(Clone)]
@@ -90,6 +126,84 @@ impl BookStore {
         };
         self.books.insert_one(document).await?;
         Ok(())
+    }
+
+    /// The book with this id as the write model holds it, if any.
+    #[tracing::instrument(skip_all, fields(book_id = %id))]
+    pub async fn find(&self, id: ObjectId) -> Result<Option<Stored>, StoreError> {
+        let record = self
+            .books
+            .clone_with_type::<BookRecord>()
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "outbox": 0, "outboxAt": 0 })
+            .await?;
+        record.map(BookRecord::into_stored).transpose()
+    }
+
+    /// Writes `book` (the next version of a live book) and its event, if
+    /// the stored book is still live at `expected`: a compare-and-set, so
+    /// of two writers that read the same version exactly one succeeds.
+    /// Returns whether this write won.
+    #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
+    pub async fn update(
+        &self,
+        id: ObjectId,
+        expected: u64,
+        book: &Book,
+        event_json: &str,
+    ) -> mongodb::error::Result<bool> {
+        let update = doc! {
+            "$set": {
+                "title": book.state.title.as_str(),
+                "author": book.state.author.as_str(),
+                "publishedYear": book.state.published_year.value(),
+                "updatedAt": DateTime::from_chrono(book.state.updated_at),
+                "version": to_i64(book.version),
+            },
+            "$push": { "outbox": event_json },
+            "$min": { "outboxAt": DateTime::now() },
+        };
+        self.compare_and_set(id, expected, update).await
+    }
+
+    /// Marks the book deleted at `version` (its content removed, the
+    /// document kept as a versioned tombstone) with its event, if it is
+    /// still live at `expected`. Returns whether this write won.
+    #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
+    pub async fn delete(
+        &self,
+        id: ObjectId,
+        expected: u64,
+        version: u64,
+        at: ChronoDateTime<Utc>,
+        event_json: &str,
+    ) -> mongodb::error::Result<bool> {
+        let update = doc! {
+            "$set": {
+                "deleted": true,
+                "updatedAt": DateTime::from_chrono(at),
+                "version": to_i64(version),
+            },
+            "$unset": { "title": "", "author": "", "publishedYear": "" },
+            "$push": { "outbox": event_json },
+            "$min": { "outboxAt": DateTime::now() },
+        };
+        self.compare_and_set(id, expected, update).await
+    }
+
+    async fn compare_and_set(
+        &self,
+        id: ObjectId,
+        expected: u64,
+        update: Document,
+    ) -> mongodb::error::Result<bool> {
+        let filter = doc! {
+            "_id": id,
+            "version": to_i64(expected),
+            "deleted": { "$ne": true },
+        };
+        let result = self.books.update_one(filter, update).await?;
+        Ok(result.modified_count == 1)
     }
 
     /// Books whose oldest pending event was added at or before `cutoff`,
@@ -175,6 +289,42 @@ impl BookStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl BookRecord {
+    fn into_stored(self) -> Result<Stored, StoreError> {
+        let id = self.id;
+        let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+        let version = u64::try_from(self.version).map_err(|e| corrupt(e.to_string()))?;
+        if self.deleted {
+            return Ok(Stored::Deleted { version });
+        }
+        let missing = |field: &str| corrupt(format!("no {field}"));
+        let state = BookState {
+            title: Title::parse(self.title.as_deref().ok_or_else(|| missing("title"))?)
+                .map_err(|e| corrupt(e.to_string()))?,
+            author: Author::parse(self.author.as_deref().ok_or_else(|| missing("author"))?)
+                .map_err(|e| corrupt(e.to_string()))?,
+            published_year: PublishedYear::parse(
+                self.published_year
+                    .ok_or_else(|| missing("publishedYear"))?,
+            )
+            .map_err(|e| corrupt(e.to_string()))?,
+            created_at: self
+                .created_at
+                .ok_or_else(|| missing("createdAt"))?
+                .to_chrono(),
+            updated_at: self
+                .updated_at
+                .ok_or_else(|| missing("updatedAt"))?
+                .to_chrono(),
+        };
+        Ok(Stored::Live(Book {
+            id: BookId::parse(&id.to_hex()).expect("an ObjectId is 24 hex digits"),
+            state,
+            version,
+        }))
     }
 }
 

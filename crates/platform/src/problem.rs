@@ -233,6 +233,19 @@ impl Problem {
     }
 }
 
+/// Reads a book id from a path segment: 24 hexadecimal digits, else a 400
+/// naming `id`.
+pub fn parse_book_id(raw: &str) -> Result<domain::BookId, Problem> {
+    domain::BookId::parse(raw).map_err(|error| {
+        let mut problem = Problem::new(
+            ProblemKind::InvalidParameter,
+            format!("{raw:?} is not a book id: {}", error.message),
+        );
+        problem.push_error(FieldProblem::from(&error));
+        problem
+    })
+}
+
 impl From<&domain::ValidationErrors> for Problem {
     fn from(errors: &domain::ValidationErrors) -> Self {
         Self::validation(errors.0.iter().map(FieldProblem::from).collect())

@@ -1,83 +1,512 @@
-//! `POST /books`: create a book.
+//! The book commands: `POST /books` creates, `PUT /books/{id}` replaces,
+//! `PATCH /books/{id}` merges a JSON merge patch, `DELETE /books/{id}`
+//! deletes. Each stores the new version with its event in one document
+//! write; the relay publishes the event.
+//!
+//! Concurrency: every answer carries the book's `version` and `ETag`.
+//! With `If-Match` a change applies only to that version (412 otherwise);
+//! without it the change applies to whatever version is current (last
+//! write wins). Either way the write is a compare-and-set on the version
+//! read, so two writers never both succeed from the same version.
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     Json,
 };
 use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
-use domain::{Book, BookDraft, BookEvent, BookId};
-use platform::{http::JsonBody, ApiError};
-use serde::Deserialize;
+use domain::{Book, BookDraft, BookEvent, BookId, BookPatch, PatchField};
+use platform::{
+    http::{etag, JsonBody, PathParam},
+    problem::{parse_book_id, ProblemKind},
+    ApiError, Problem,
+};
+use serde::{Deserialize, Deserializer};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{relay::Outgoing, state::AppState};
+use crate::{
+    auth::Authenticated,
+    relay::Outgoing,
+    state::AppState,
+    store::{StoreError, Stored},
+};
+
+/// How many times a change is retried after losing a compare-and-set to a
+/// concurrent writer before answering 409.
+const MAX_ATTEMPTS: usize = 8;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_book))
+    OpenApiRouter::new()
+        .routes(routes!(create_book))
+        .routes(routes!(replace_book, patch_book, delete_book))
 }
 
-/// The body of `POST /books`, before validation. Unknown fields are refused
-/// so that a typo (`publishedyear`) is reported instead of ignored.
+/// A whole book: the body of `POST /books` and `PUT /books/{id}`, before
+/// validation. Unknown fields are refused so that a typo (`publishedyear`)
+/// is reported instead of ignored.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CreateBook {
+struct BookBody {
+    #[schema(example = "Dune")]
     title: String,
+    #[schema(example = "Frank Herbert")]
     author: String,
+    #[schema(example = 1965)]
     published_year: i64,
 }
 
-/// A created book: 201, its `Location` on the query service, and the book.
-type Created = (
-    StatusCode,
-    [(header::HeaderName, HeaderValue); 1],
-    Json<Book>,
-);
+impl BookBody {
+    fn parse(&self) -> Result<BookDraft, domain::ValidationErrors> {
+        BookDraft::parse(&self.title, &self.author, self.published_year)
+    }
+}
 
-/// Creates a book. The answer's `Location` is the book on query-service.
+/// A JSON merge patch (RFC 7396) of a book: each field present replaces
+/// the current one; `null` would remove a field, which a book refuses.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BookMergePatch {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "Dune Messiah")]
+    title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    author: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, example = 1969)]
+    published_year: Option<Option<i64>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn patch_field<T>(field: Option<Option<T>>) -> PatchField<T> {
+    match field {
+        None => PatchField::Keep,
+        Some(None) => PatchField::Remove,
+        Some(Some(value)) => PatchField::Set(value),
+    }
+}
+
+impl BookMergePatch {
+    fn parse(&self) -> Result<BookPatch, domain::ValidationErrors> {
+        BookPatch::parse(
+            patch_field(self.title.as_ref().map(|t| t.as_deref())),
+            patch_field(self.author.as_ref().map(|a| a.as_deref())),
+            patch_field(self.published_year),
+        )
+    }
+}
+
+/// Creates a book. The answer's `Location` is the book on query-service,
+/// where it can be read once the event is applied (see `minVersion`).
 #[utoipa::path(
     post,
     path = "/books",
     tag = "books",
-    request_body = inline(CreateBook),
+    security(("bearer" = [])),
+    request_body(content = BookBody, description = "The new book"),
     responses(
-        (status = 201, description = "Created", body = Book),
+        (status = 201, description = "Created", body = Book, headers(
+            ("Location" = String, description = "The book on query-service"),
+            ("ETag" = String, description = "The book's version, quoted"),
+        )),
+        (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "MongoDB does not answer in time; nothing was written", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[tracing::instrument(name = "create_book", skip_all, fields(book_id))]
 async fn create_book(
+    _: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<CreateBook>,
-) -> Result<Created, ApiError> {
-    let draft = BookDraft::parse(&body.title, &body.author, body.published_year)?;
+    JsonBody(body): JsonBody<BookBody>,
+) -> Result<Response, ApiError> {
+    let draft = body.parse()?;
     let object_id = ObjectId::new();
     let id = BookId::parse(&object_id.to_hex()).expect("an ObjectId is 24 hex digits");
     tracing::Span::current().record("book_id", id.as_str());
-    // MongoDB keeps milliseconds: round now so the answer, the stored book
-    // and the event agree to the digit.
-    let book = Book::create(id, draft, Utc::now().trunc_subsecs(3));
+    let book = Book::create(id, draft, now());
     let event = BookEvent::created(&book, traceparent(&headers));
     let json = event.to_json();
 
     let stored_at = tokio::time::Instant::now();
     state.store.insert(object_id, &book, &json).await?;
-    state.outbox.notify(Outgoing {
-        book_id: object_id,
-        event_type: event.event_type.as_str(),
-        json,
-        stored_at,
-    });
+    publish(&state, object_id, &event, json, stored_at);
 
     let location = format!("{}/books/{}", state.query_base_url, book.id);
     let location = HeaderValue::try_from(location)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("bad Location header: {e}")))?;
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        [
+            (header::LOCATION, location),
+            (header::ETAG, etag(book.version)),
+        ],
         Json(book),
-    ))
+    )
+        .into_response())
+}
+
+/// Replaces a book's title, author and year. A replacement that changes
+/// nothing answers the book as it is, without a new version.
+#[utoipa::path(
+    put,
+    path = "/books/{id}",
+    tag = "books",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
+        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`"),
+    ),
+    request_body(content = BookBody, description = "The book's new content"),
+    responses(
+        (status = 200, description = "The book after the change", body = Book, headers(("ETag" = String, description = "The book's version, quoted"))),
+        (status = 400, description = "The id, the If-Match header or the body is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such book, or it was deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "replace_book", skip_all, fields(book_id = %id))]
+async fn replace_book(
+    _: Authenticated,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BookBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_book_id(&id)?;
+    let precondition = IfMatch::from_headers(&headers)?;
+    let draft = body.parse()?;
+    let outcome = execute(
+        &state,
+        &id,
+        precondition.as_ref(),
+        traceparent(&headers),
+        Command::Replace(draft),
+    )
+    .await?;
+    Ok(outcome.into_response())
+}
+
+/// Changes some of a book's fields (JSON merge patch: the fields sent
+/// replace the current ones). A patch that changes nothing answers the book
+/// as it is, without a new version.
+#[utoipa::path(
+    patch,
+    path = "/books/{id}",
+    tag = "books",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
+        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`"),
+    ),
+    request_body(description = "The fields to change", content(
+        (BookMergePatch = "application/merge-patch+json"),
+        (BookMergePatch = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The book after the change", body = Book, headers(("ETag" = String, description = "The book's version, quoted"))),
+        (status = 400, description = "The id, the If-Match header or the body is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such book, or it was deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is null, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "patch_book", skip_all, fields(book_id = %id))]
+async fn patch_book(
+    _: Authenticated,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BookMergePatch>,
+) -> Result<Response, ApiError> {
+    let id = parse_book_id(&id)?;
+    let precondition = IfMatch::from_headers(&headers)?;
+    let patch = body.parse()?;
+    let outcome = execute(
+        &state,
+        &id,
+        precondition.as_ref(),
+        traceparent(&headers),
+        Command::Patch(patch),
+    )
+    .await?;
+    Ok(outcome.into_response())
+}
+
+/// Deletes a book. Its id is never reused; reads of it answer 404 once the
+/// deletion is applied.
+#[utoipa::path(
+    delete,
+    path = "/books/{id}",
+    tag = "books",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
+        ("If-Match" = Option<String>, Header, description = "Delete only this version: its ETag (`\"3\"`) or `*`"),
+    ),
+    responses(
+        (status = 204, description = "Deleted", headers(("ETag" = String, description = "The version the deletion made, quoted"))),
+        (status = 400, description = "The id or the If-Match header is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such book, or it was already deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(name = "delete_book", skip_all, fields(book_id = %id))]
+async fn delete_book(
+    _: Authenticated,
+    State(state): State<AppState>,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_book_id(&id)?;
+    let precondition = IfMatch::from_headers(&headers)?;
+    let outcome = execute(
+        &state,
+        &id,
+        precondition.as_ref(),
+        traceparent(&headers),
+        Command::Delete,
+    )
+    .await?;
+    Ok(outcome.into_response())
+}
+
+/// A change to an existing book.
+enum Command {
+    Replace(BookDraft),
+    Patch(BookPatch),
+    Delete,
+}
+
+/// What a change did.
+enum Outcome {
+    /// A new version was written.
+    Changed(Book),
+    /// The change would not alter the book: nothing was written.
+    Unchanged(Book),
+    /// The book was deleted; this is the version the deletion made.
+    Deleted(u64),
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Changed(book) | Outcome::Unchanged(book) => {
+                ([(header::ETAG, etag(book.version))], Json(book)).into_response()
+            }
+            Outcome::Deleted(version) => {
+                (StatusCode::NO_CONTENT, [(header::ETAG, etag(version))]).into_response()
+            }
+        }
+    }
+}
+
+/// Reads the current version, checks the precondition, and writes the next
+/// version with a compare-and-set; a write that loses to a concurrent one
+/// starts over from the version that won (where `If-Match` then fails).
+async fn execute(
+    state: &AppState,
+    id: &BookId,
+    precondition: Option<&IfMatch>,
+    traceparent: Option<String>,
+    command: Command,
+) -> Result<Outcome, ApiError> {
+    let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
+    for _ in 0..MAX_ATTEMPTS {
+        let current = match state.store.find(object_id).await.map_err(store_error)? {
+            Some(Stored::Live(book)) => book,
+            Some(Stored::Deleted { .. }) | None => {
+                return Err(
+                    Problem::new(ProblemKind::NotFound, format!("no book with id {id}")).into(),
+                )
+            }
+        };
+        if let Some(precondition) = precondition {
+            if !precondition.matches(current.version) {
+                return Err(precondition_failed(&current).into());
+            }
+        }
+        let now = now();
+        let stored_at = tokio::time::Instant::now();
+        let (next, event) = match &command {
+            Command::Delete => {
+                let version = current.version + 1;
+                let at = now.max(current.state.updated_at);
+                let event = BookEvent::deleted(id, version, at, traceparent.clone());
+                let json = event.to_json();
+                if state
+                    .store
+                    .delete(object_id, current.version, version, at, &json)
+                    .await?
+                {
+                    publish(state, object_id, &event, json, stored_at);
+                    return Ok(Outcome::Deleted(version));
+                }
+                continue;
+            }
+            Command::Replace(draft) => {
+                let next = current.replace(draft.clone(), now);
+                let event = next
+                    .as_ref()
+                    .map(|b| BookEvent::updated(b, traceparent.clone()));
+                (next, event)
+            }
+            Command::Patch(patch) => {
+                let next = current.patch(patch.clone(), now);
+                let event = next
+                    .as_ref()
+                    .map(|b| BookEvent::updated(b, traceparent.clone()));
+                (next, event)
+            }
+        };
+        let (Some(next), Some(event)) = (next, event) else {
+            return Ok(Outcome::Unchanged(current));
+        };
+        let json = event.to_json();
+        if state
+            .store
+            .update(object_id, current.version, &next, &json)
+            .await?
+        {
+            publish(state, object_id, &event, json, stored_at);
+            return Ok(Outcome::Changed(next));
+        }
+    }
+    Err(Problem::new(
+        ProblemKind::Conflict,
+        format!("book {id} kept changing under {MAX_ATTEMPTS} concurrent attempts; retry"),
+    )
+    .into())
+}
+
+/// Hands a stored event to the relay for immediate publication.
+fn publish(
+    state: &AppState,
+    book_id: ObjectId,
+    event: &BookEvent,
+    json: String,
+    stored_at: tokio::time::Instant,
+) {
+    state.outbox.notify(Outgoing {
+        book_id,
+        event_type: event.event_type.as_str(),
+        json,
+        stored_at,
+    });
+}
+
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Mongo(error) => error.into(),
+        corrupt @ StoreError::Corrupt { .. } => ApiError::Internal(corrupt.into()),
+    }
+}
+
+fn precondition_failed(current: &Book) -> Problem {
+    Problem::new(
+        ProblemKind::PreconditionFailed,
+        format!(
+            "If-Match does not name the current version of book {}, which is {}",
+            current.id, current.version
+        ),
+    )
+    .with_current_version(Some(current.version))
+    .with_header(header::ETAG, etag(current.version))
+}
+
+/// MongoDB keeps milliseconds: round now so the answer, the stored book and
+/// the event agree to the digit.
+fn now() -> chrono::DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1), compared strongly: a weak
+/// tag never matches.
+#[derive(Debug, PartialEq, Eq)]
+enum IfMatch {
+    Any,
+    Tags(Vec<String>),
+}
+
+const IF_MATCH: HeaderName = header::IF_MATCH;
+
+impl IfMatch {
+    /// The precondition of the request, if it has one; a 400 naming
+    /// `If-Match` when the header is not a list of entity tags.
+    fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, Problem> {
+        let mut values = headers.get_all(IF_MATCH).iter().peekable();
+        if values.peek().is_none() {
+            return Ok(None);
+        }
+        let mut tags = Vec::new();
+        for value in values {
+            let value = value.to_str().map_err(|_| malformed_if_match())?;
+            for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                if item == "*" {
+                    return Ok(Some(Self::Any));
+                }
+                let (weak, quoted) = match item.strip_prefix("W/") {
+                    Some(rest) => (true, rest),
+                    None => (false, item),
+                };
+                let opaque = quoted
+                    .strip_prefix('"')
+                    .and_then(|rest| rest.strip_suffix('"'))
+                    .filter(|opaque| !opaque.contains('"'))
+                    .ok_or_else(malformed_if_match)?;
+                if !weak {
+                    tags.push(opaque.to_owned());
+                }
+            }
+        }
+        Ok(Some(Self::Tags(tags)))
+    }
+
+    fn matches(&self, version: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Tags(tags) => {
+                let current = version.to_string();
+                tags.contains(&current)
+            }
+        }
+    }
+}
+
+fn malformed_if_match() -> Problem {
+    Problem::invalid_parameter(
+        "If-Match",
+        "format",
+        "must be `*` or a list of entity tags such as `\"3\"`",
+    )
 }
 
 /// The caller's W3C `traceparent`, when it has the right shape, so the event
@@ -97,9 +526,9 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn with_traceparent(value: &str) -> HeaderMap {
+    fn with_header(name: &'static str, value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert("traceparent", HeaderValue::from_str(value).unwrap());
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
         headers
     }
 
@@ -107,7 +536,7 @@ mod tests {
     fn a_well_formed_traceparent_is_kept() {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(
-            traceparent(&with_traceparent(value)).as_deref(),
+            traceparent(&with_header("traceparent", value)).as_deref(),
             Some(value)
         );
     }
@@ -120,7 +549,48 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(traceparent(&with_traceparent(value)), None, "{value:?}");
+            assert_eq!(
+                traceparent(&with_header("traceparent", value)),
+                None,
+                "{value:?}"
+            );
+        }
+    }
+
+    fn if_match(value: &str) -> Result<Option<IfMatch>, Problem> {
+        IfMatch::from_headers(&with_header("if-match", value))
+    }
+
+    #[test]
+    fn if_match_is_absent_without_the_header() {
+        assert_eq!(IfMatch::from_headers(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn if_match_names_versions_as_quoted_tags() {
+        let precondition = if_match("\"2\", \"3\"").unwrap().unwrap();
+        assert!(precondition.matches(3));
+        assert!(precondition.matches(2));
+        assert!(!precondition.matches(4));
+    }
+
+    #[test]
+    fn if_match_star_matches_any_version() {
+        assert!(if_match("*").unwrap().unwrap().matches(7));
+    }
+
+    #[test]
+    fn weak_and_foreign_tags_never_match() {
+        assert!(!if_match("W/\"3\"").unwrap().unwrap().matches(3));
+        assert!(!if_match("\"abc\"").unwrap().unwrap().matches(3));
+    }
+
+    #[test]
+    fn malformed_if_match_is_a_400_naming_the_header() {
+        for value in ["3", "\"3", "W/3", "\"3\"\"", "\"a\"b\""] {
+            let problem = if_match(value).unwrap_err();
+            assert_eq!(problem.kind(), ProblemKind::InvalidParameter, "{value:?}");
+            assert_eq!(problem.errors()[0].field, "If-Match");
         }
     }
 }

@@ -232,8 +232,7 @@ async fn a_body_not_declared_as_json_gets_a_415() {
         assert_eq!(problem["type"], "urn:books:problem:unsupported-media-type");
     }
     let without_type = app
-        .http
-        .post(app.url("/books"))
+        .request(reqwest::Method::POST, "/books")
         .body(body.clone())
         .send()
         .await

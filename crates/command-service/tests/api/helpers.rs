@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bson::{doc, Document};
-use command_service::{config::Settings, startup::Application};
+use command_service::{auth::ApiTokens, config::Settings, startup::Application};
 use futures::TryStreamExt;
 use platform::RedactedUrl;
 use redis::{aio::ConnectionManager, streams::StreamRangeReply};
@@ -36,8 +36,12 @@ pub(crate) async fn test_settings() -> Settings {
         outbox_sweep_interval: Duration::from_millis(100),
         query_base_url: "http://query.test".to_owned(),
         body_limit: 16 * 1024,
+        api_tokens: ApiTokens::parse(&format!("other-token, {TOKEN}")),
     }
 }
+
+/// A token the test settings accept.
+pub(crate) const TOKEN: &str = "test-token";
 
 /// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
@@ -75,10 +79,23 @@ impl TestApp {
     pub(crate) async fn post_book(&self, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url("/books"))
+            .bearer_auth(TOKEN)
             .json(body)
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// A request to `path` authenticated with the test token.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(TOKEN)
+    }
+
+    /// Creates a valid book and returns its JSON.
+    pub(crate) async fn create_book(&self) -> Value {
+        let response = self.post_book(&valid_book()).await;
+        assert_eq!(response.status().as_u16(), 201);
+        response.json().await.expect("a book")
     }
 
     pub(crate) async fn post_raw(
@@ -88,6 +105,7 @@ impl TestApp {
     ) -> reqwest::Response {
         self.http
             .post(self.url("/books"))
+            .bearer_auth(TOKEN)
             .header("content-type", content_type)
             .body(body)
             .send()
