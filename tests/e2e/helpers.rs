@@ -124,6 +124,22 @@ pub(crate) async fn spawn_system() -> TestSystem {
     spawn_system_with(|_| {}).await
 }
 
+/// The bearer token the test systems accept.
+pub(crate) const TOKEN: &str = "e2e-token";
+
+/// A client that sends the test token with every request (reads ignore it).
+fn authenticated_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("a header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// Like [`spawn_system`], letting the test change the command service's
 /// settings (e.g. its Redis URL) before it starts.
 pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSettings)) -> TestSystem {
@@ -158,6 +174,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     command.dependency_timeout = Duration::from_secs(1);
     command.body_limit = 16 * 1024;
     command.query_base_url = query_service.url.clone();
+    command.api_tokens = command_service::auth::ApiTokens::parse(TOKEN);
     customize(&mut command);
     let command_service = start_command(command.clone()).await;
 
@@ -170,7 +187,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
         .await
         .expect("a Redis connection");
     TestSystem {
-        http: reqwest::Client::new(),
+        http: authenticated_client(),
         command_url: command_service.url.clone(),
         query_url: query_service.url.clone(),
         command: command_service,
