@@ -1,9 +1,14 @@
 //! Entry point: load configuration, then hand over to the library.
+//! `query-service openapi` prints the OpenAPI document instead.
 
-use query_service::{config::Settings, startup::Application};
+use query_service::{config::Settings, routes, startup::Application};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("openapi") {
+        println!("{}", routes::openapi().to_pretty_json()?);
+        return Ok(());
+    }
     // `.env` is a development convenience; real deployments set variables.
     let _ = dotenvy::dotenv();
     platform::telemetry::init("query-service");

@@ -106,8 +106,10 @@ impl BookMergePatch {
     }
 }
 
-/// Creates a book. The answer's `Location` is the book on query-service,
-/// where it can be read once the event is applied (see `minVersion`).
+/// Creates a book.
+///
+/// The answer's `Location` is the book on query-service, where it can be
+/// read once its event is applied (see `minVersion` there).
 #[utoipa::path(
     post,
     path = "/books",
@@ -160,8 +162,10 @@ async fn create_book(
         .into_response())
 }
 
-/// Replaces a book's title, author and year. A replacement that changes
-/// nothing answers the book as it is, without a new version.
+/// Replaces a book's title, author and year.
+///
+/// A replacement that changes nothing answers the book as it is, without a
+/// new version.
 #[utoipa::path(
     put,
     path = "/books/{id}",
@@ -207,9 +211,10 @@ async fn replace_book(
     Ok(outcome.into_response())
 }
 
-/// Changes some of a book's fields (JSON merge patch: the fields sent
-/// replace the current ones). A patch that changes nothing answers the book
-/// as it is, without a new version.
+/// Changes some of a book's fields.
+///
+/// A JSON merge patch: the fields sent replace the current ones. A patch
+/// that changes nothing answers the book as it is, without a new version.
 #[utoipa::path(
     patch,
     path = "/books/{id}",
@@ -258,8 +263,10 @@ async fn patch_book(
     Ok(outcome.into_response())
 }
 
-/// Deletes a book. Its id is never reused; reads of it answer 404 once the
-/// deletion is applied.
+/// Deletes a book.
+///
+/// Its id is never reused; reads of it answer 404 once the deletion is
+/// applied.
 #[utoipa::path(
     delete,
     path = "/books/{id}",
