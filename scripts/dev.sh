@@ -11,6 +11,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 profile="${PROFILE:-dev}"
+
+# Commands need a bearer token. Unless one is configured (environment or
+# .env), accept the development token of the README's examples.
+if [ -z "${API_TOKENS:-}" ] && ! grep -qs '^API_TOKENS=' .env; then
+  export API_TOKENS=books-dev-token
+  echo "[dev] commands accept the development token: Authorization: Bearer books-dev-token" >&2
+fi
 target_dir="debug"
 [ "$profile" = "release" ] && target_dir="release"
 
