@@ -1,13 +1,19 @@
 //! The write model in MongoDB. A book document carries its pending events in
 //! an `outbox` array (each the exact JSON that will be published) and the
 //! time the oldest was added in `outboxAt`. Writing a book and its event is
-//! therefore one single-document write: atomic without transactions, on
-//! MongoDB and FerretDB alike.
+//! therefore one single-document write: atomic without transactions.
+//!
+//! Conditional writes (the compare-and-set of a change, the relay's clear)
+//! also hold this process's lock on the document: FerretDB v1 does not apply
+//! an update's filter atomically (see `platform::locks`).
+
+use std::sync::Arc;
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
+use platform::locks::DocumentLocks;
 use serde::Deserialize;
 
 use domain::{Author, Book, BookId, BookState, PublishedYear, Title};
@@ -81,12 +87,14 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct BookStore {
     books: Collection<Document>,
+    locks: Arc<DocumentLocks>,
 }
 
 impl BookStore {
     pub fn new(db: &Database) -> Self {
         Self {
             books: db.collection(BOOKS),
+            locks: Arc::default(),
         }
     }
 
@@ -202,6 +210,7 @@ impl BookStore {
             "version": to_i64(expected),
             "deleted": { "$ne": true },
         };
+        let _locked = self.locks.lock(&id).await;
         let result = self.books.update_one(filter, update).await?;
         Ok(result.modified_count == 1)
     }
@@ -254,6 +263,7 @@ impl BookStore {
         if published.is_empty() {
             return Ok(());
         }
+        let _locked = self.locks.lock_all(published.iter().map(|p| p.id)).await;
         let guards: Vec<Document> = published
             .iter()
             .map(|p| match p.guard {

@@ -7,6 +7,7 @@ pub mod env;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod locks;
 pub mod openapi;
 pub mod problem;
 pub mod server;

@@ -5,12 +5,16 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bson::{doc, Document};
+use chrono::{DateTime, Utc};
 use command_service::{auth::ApiTokens, config::Settings, startup::Application};
 use futures::TryStreamExt;
 use platform::RedactedUrl;
 use redis::{aio::ConnectionManager, streams::StreamRangeReply};
 use serde_json::Value;
-use test_support::{mongo_database, redis_connection, unique, Cleanup, RunningApp};
+use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
+
+/// How long a test waits for the relay before giving up.
+pub(crate) const RELAY_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
@@ -46,6 +50,18 @@ pub(crate) const TOKEN: &str = "test-token";
 /// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
     let settings = test_settings().await;
+    let cleanup = Cleanup::new(
+        vec![settings.database.clone()],
+        vec![settings.stream.clone()],
+    );
+    let mut app = spawn_app_with(settings).await;
+    app.app.clean_up_after(cleanup);
+    app
+}
+
+/// The service with these settings, whose database and stream are removed
+/// after the test.
+pub(crate) async fn spawn_app_with_cleanup(settings: Settings) -> TestApp {
     let cleanup = Cleanup::new(
         vec![settings.database.clone()],
         vec![settings.stream.clone()],
@@ -146,6 +162,84 @@ impl TestApp {
             .collect()
     }
 
+    /// `PUT /books/{id}` with `body`, authenticated.
+    pub(crate) async fn put_book(&self, id: &str, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::PUT, &format!("/books/{id}"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `PATCH /books/{id}` with `body` as a JSON merge patch, authenticated.
+    pub(crate) async fn patch_book(&self, id: &str, body: &Value) -> reqwest::Response {
+        self.patch_raw(id, "application/merge-patch+json", body.to_string())
+            .await
+    }
+
+    /// `PATCH /books/{id}` with any body and content type, authenticated.
+    pub(crate) async fn patch_raw(
+        &self,
+        id: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.request(reqwest::Method::PATCH, &format!("/books/{id}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `DELETE /books/{id}`, authenticated.
+    pub(crate) async fn delete_book(&self, id: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, &format!("/books/{id}"))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The write-model document of book `id`.
+    pub(crate) async fn stored_book(&self, id: &str) -> Document {
+        let id = bson::oid::ObjectId::parse_str(id).expect("a book id");
+        self.db
+            .collection::<Document>("books")
+            .find_one(doc! { "_id": id })
+            .await
+            .expect("find_one")
+            .expect("the book is stored")
+    }
+
+    /// Waits until the stream holds exactly `count` events and every outbox
+    /// is empty, and returns the events. Once it returns, the relay no
+    /// longer touches any book document: tests that make one change after
+    /// another wait for this in between, because on FerretDB v1 an update is
+    /// not atomic and the relay clearing an outbox can undo a change made
+    /// meanwhile (shown by `changes::a_change_made_right_after_create_is_kept`).
+    pub(crate) async fn wait_until_relayed(&self, count: usize) -> Vec<(String, Value)> {
+        eventually(
+            &format!("{count} events relayed and every outbox cleared"),
+            RELAY_DEADLINE,
+            || async {
+                let events = self.stream_events().await;
+                let cleared = self.stored_books().await.iter().all(|b| {
+                    b.get_array("outbox").is_ok_and(|a| a.is_empty()) && !b.contains_key("outboxAt")
+                });
+                (events.len() == count && cleared).then_some(events)
+            },
+        )
+        .await
+    }
+
+    /// Creates a valid book and waits until its creation event is relayed
+    /// (the stream then holds `events_before + 1` events).
+    pub(crate) async fn create_relayed_book(&self, events_before: usize) -> Value {
+        let book = self.create_book().await;
+        self.wait_until_relayed(events_before + 1).await;
+        book
+    }
+
     /// Stops the service as SIGTERM would and waits for it.
     pub(crate) async fn stop(mut self) {
         self.app.stop().await;
@@ -154,4 +248,73 @@ impl TestApp {
 
 pub(crate) fn valid_book() -> Value {
     serde_json::json!({ "title": "Dune", "author": "Frank Herbert", "publishedYear": 1965 })
+}
+
+pub(crate) fn timestamp(value: &Value) -> DateTime<Utc> {
+    value
+        .as_str()
+        .expect("a timestamp is a string")
+        .parse()
+        .expect("an RFC 3339 timestamp")
+}
+
+pub(crate) fn id_of(book: &Value) -> &str {
+    book["_id"].as_str().expect("_id is a string")
+}
+
+/// Asserts that the write model holds `book` as the service last answered it.
+pub(crate) async fn assert_stored_as(app: &TestApp, book: &Value) {
+    let stored = app.stored_book(id_of(book)).await;
+    assert!(!stored.get_bool("deleted").unwrap_or(false), "{stored}");
+    assert_eq!(book["title"], stored.get_str("title").unwrap(), "{stored}");
+    assert_eq!(
+        book["author"],
+        stored.get_str("author").unwrap(),
+        "{stored}"
+    );
+    assert_eq!(
+        book["publishedYear"],
+        stored.get_i32("publishedYear").unwrap(),
+        "{stored}"
+    );
+    assert_eq!(
+        book["version"],
+        stored.get_i64("version").unwrap(),
+        "{stored}"
+    );
+    for field in ["createdAt", "updatedAt"] {
+        assert_eq!(
+            timestamp(&book[field]),
+            stored.get_datetime(field).unwrap().to_chrono(),
+            "{field} in {stored}"
+        );
+    }
+}
+
+/// Asserts that no event was appended since the stream held `events`: a
+/// book created now gives the very next one. (The relay takes events in the
+/// order their requests handed them over, so an event of an earlier request
+/// would come first.)
+pub(crate) async fn assert_no_event_appended(app: &TestApp, events: usize) {
+    let marker = app.create_book().await;
+    let relayed = eventually("the marker book's event", RELAY_DEADLINE, || async {
+        let events = app.stream_events().await;
+        events
+            .iter()
+            .any(|(_, e)| e["bookId"] == marker["_id"])
+            .then_some(events)
+    })
+    .await;
+    assert_eq!(
+        relayed.len(),
+        events + 1,
+        "a refused request appended an event: {relayed:?}"
+    );
+}
+
+/// Asserts that `book` (as last answered, with `events` events in the
+/// stream, all relayed) is stored unchanged and that no event was appended.
+pub(crate) async fn assert_nothing_written(app: &TestApp, book: &Value, events: usize) {
+    assert_stored_as(app, book).await;
+    assert_no_event_appended(app, events).await;
 }

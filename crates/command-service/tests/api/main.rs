@@ -1,7 +1,10 @@
 //! command-service against real MongoDB (FerretDB) and Redis.
 
+mod auth;
 mod books;
 mod changes;
+mod concurrency;
 mod health;
 mod helpers;
+mod openapi;
 mod relay;
