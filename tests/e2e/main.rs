@@ -4,6 +4,7 @@
 //! parallel with each other and with other test binaries.
 
 mod bad_input;
+mod collection;
 mod delivery;
 mod helpers;
 mod idempotence;

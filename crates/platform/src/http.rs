@@ -1,11 +1,11 @@
-//! The HTTP pieces both services share: a JSON body extractor whose every
-//! rejection is a precise problem+json, the layers every route gets
+//! The HTTP pieces both services share: JSON body and query string
+//! extractors whose every rejection is a precise problem+json, the layers every route gets
 //! (request id, tracing, body limit, panic guard) and the fallbacks for
 //! unknown routes and methods.
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request},
     http::{header, request::Parts, HeaderMap, HeaderName, StatusCode},
     response::{IntoResponse, Response},
     Router,
@@ -78,6 +78,152 @@ where
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// The query string, read into a `T` (a struct of optional fields with
+/// `#[serde(deny_unknown_fields)]`). Unlike `axum::extract::Query`, every way
+/// a query can be wrong is a 400 problem+json naming the parameter and the
+/// rule: `unknownParameter`, `duplicateParameter`, `invalidType` (a value
+/// that does not parse as the parameter's type), `oneOf` (a value outside an
+/// enumeration) or `required`.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Decoding into pairs of strings cannot fail on content (percent
+        // decoding is lossy); the typed reading below names the parameter.
+        let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|rejection| {
+                Problem::new(ProblemKind::InvalidParameter, rejection.body_text())
+            })?
+            .0;
+        parse_query_pairs(pairs).map(Self)
+    }
+}
+
+/// Reads decoded query parameters into a `T`; see [`QueryParams`].
+pub fn parse_query_pairs<T: DeserializeOwned>(pairs: Vec<(String, String)>) -> Result<T, Problem> {
+    let deserializer = serde::de::value::MapDeserializer::new(
+        pairs
+            .into_iter()
+            .map(|(name, value)| (name, QueryValue(value))),
+    );
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let detail = error.into_inner().to_string();
+        let named = |rule: &str| {
+            let field = quoted_name(&detail).unwrap_or(&path).to_owned();
+            Problem::invalid_parameter(&field, rule, detail.clone())
+        };
+        if detail.starts_with("unknown field ") {
+            named("unknownParameter")
+        } else if detail.starts_with("duplicate field ") {
+            named("duplicateParameter")
+        } else if detail.starts_with("missing field ") {
+            named("required")
+        } else if detail.starts_with("unknown variant ") {
+            Problem::invalid_parameter(&path, "oneOf", detail)
+        } else {
+            Problem::invalid_parameter(&path, "invalidType", detail)
+        }
+    })
+}
+
+/// One query parameter's value: text that becomes whatever type its field
+/// asks for (an integer, a boolean, an enumeration's variant...).
+struct QueryValue(String);
+
+impl QueryValue {
+    fn parse<'de, N, V>(self, visitor: &V) -> Result<N, serde::de::value::Error>
+    where
+        N: std::str::FromStr,
+        V: serde::de::Visitor<'de>,
+    {
+        self.0.parse().map_err(|_| {
+            serde::de::Error::invalid_type(serde::de::Unexpected::Str(&self.0), visitor)
+        })
+    }
+}
+
+impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for QueryValue {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+macro_rules! parse_number {
+    ($($method:ident => $visit:ident),* $(,)?) => {
+        $(
+            fn $method<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+                let value = self.parse(&visitor)?;
+                visitor.$visit(value)
+            }
+        )*
+    };
+}
+
+impl<'de> serde::Deserializer<'de> for QueryValue {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_string(self.0)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        // A parameter that is present has a value, even an empty one.
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer;
+        visitor.visit_enum(self.0.into_deserializer())
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    parse_number! {
+        deserialize_bool => visit_bool,
+        deserialize_i8 => visit_i8,
+        deserialize_i16 => visit_i16,
+        deserialize_i32 => visit_i32,
+        deserialize_i64 => visit_i64,
+        deserialize_u8 => visit_u8,
+        deserialize_u16 => visit_u16,
+        deserialize_u32 => visit_u32,
+        deserialize_u64 => visit_u64,
+        deserialize_f32 => visit_f32,
+        deserialize_f64 => visit_f64,
+    }
+
+    serde::forward_to_deserialize_any! {
+        i128 u128 char str string bytes byte_buf unit unit_struct seq tuple
+        tuple_struct map struct identifier ignored_any
     }
 }
 
@@ -288,6 +434,91 @@ mod tests {
         assert_eq!(
             field_and_rule(r#"{"title":"x","publishedYear":"1999"}"#),
             ("publishedYear".into(), "invalidType".into())
+        );
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Params {
+        min_version: Option<i64>,
+        title: Option<String>,
+        order: Option<Order>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    enum Order {
+        #[serde(rename = "asc")]
+        Ascending,
+        #[serde(rename = "-asc")]
+        Descending,
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> Result<Params, Problem> {
+        parse_query_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn query_problem(pairs: &[(&str, &str)]) -> (String, String) {
+        let problem = query(pairs).unwrap_err();
+        assert_eq!(problem.kind(), ProblemKind::InvalidParameter, "{pairs:?}");
+        (
+            problem.errors()[0].field.clone(),
+            problem.errors()[0].rule.clone(),
+        )
+    }
+
+    #[test]
+    fn query_parameters_are_read_into_their_types() {
+        assert_eq!(
+            query(&[("minVersion", "3"), ("title", "a&b"), ("order", "-asc")]).unwrap(),
+            Params {
+                min_version: Some(3),
+                title: Some("a&b".into()),
+                order: Some(Order::Descending),
+            }
+        );
+        assert_eq!(
+            query(&[]).unwrap(),
+            Params {
+                min_version: None,
+                title: None,
+                order: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_query_parameter_is_named() {
+        assert_eq!(
+            query_problem(&[("title", "x"), ("minversion", "1")]),
+            ("minversion".into(), "unknownParameter".into())
+        );
+    }
+
+    #[test]
+    fn an_unparsable_query_value_names_its_parameter() {
+        for value in ["abc", "", "1.5", "99999999999999999999"] {
+            assert_eq!(
+                query_problem(&[("minVersion", value)]),
+                ("minVersion".into(), "invalidType".into()),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            query_problem(&[("order", "sideways")]),
+            ("order".into(), "oneOf".into())
+        );
+    }
+
+    #[test]
+    fn a_repeated_query_parameter_is_named() {
+        assert_eq!(
+            query_problem(&[("title", "a"), ("title", "b")]),
+            ("title".into(), "duplicateParameter".into())
         );
     }
 

@@ -34,6 +34,15 @@ pub struct Settings {
     /// How long a MongoDB or Redis operation may wait for its server
     /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
     pub dependency_timeout: Duration,
+    /// Prefix of the Redis keys of the book cache; the key of a book is the
+    /// prefix followed by its id (`CACHE_KEY_PREFIX`, default `books:cache:`).
+    pub cache_prefix: String,
+    /// How long a cached book lives in Redis unless a newer version replaces
+    /// it first (`CACHE_TTL_SECS`, default 3600).
+    pub cache_ttl: Duration,
+    /// How long `GET /books/{id}?minVersion=N` waits for version N before
+    /// answering 503 (`READ_YOUR_WRITES_TIMEOUT_MS`, default 1000).
+    pub read_your_writes_timeout: Duration,
 }
 
 impl Settings {
@@ -52,6 +61,9 @@ impl Settings {
             batch: env::parse("CONSUMER_BATCH", 256)?,
             block: env::millis("CONSUMER_BLOCK_MS", 2000)?,
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+            cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),
+            cache_ttl: Duration::from_secs(env::parse("CACHE_TTL_SECS", 3600)?),
+            read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,
         })
     }
 }

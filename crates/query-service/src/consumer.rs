@@ -7,16 +7,23 @@
 //! On start, and after any failure, the consumer first re-reads its own
 //! pending entries (delivered earlier but never acknowledged), then reads
 //! new ones. Failures back off and retry forever: nothing is acknowledged
-//! that the read model does not hold.
+//! that the read model, the author summaries and the cache do not hold.
+//! After each batch it bumps a counter that read-your-writes requests
+//! watch.
+//!
+//! Beside the consumption, the read model's indexes are created with the
+//! same backoff: the service starts while MongoDB is down, and consuming
+//! does not wait for them (they make reads faster, not correct).
 
 use std::{collections::HashMap, time::Duration};
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::{Applied, ReadModel};
+use crate::{projection::Applied, projector::Projector};
 
 /// Events of one batch applied at once. Order does not matter: the version
 /// guard makes the outcome the same in any order.
@@ -26,7 +33,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct Consumer {
     pub client: redis::Client,
-    pub read_model: ReadModel,
+    pub projector: Projector,
+    /// Bumped after every batch handled.
+    pub batches: watch::Sender<u64>,
     pub stream: String,
     pub group: String,
     pub name: String,
@@ -64,9 +73,17 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled; the current batch is finished and
     /// acknowledged first.
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(
+            self.consume_forever(&shutdown),
+            self.ensure_indexes(&shutdown)
+        );
+        tracing::info!("event consumer stopped");
+    }
+
+    async fn consume_forever(&self, shutdown: &CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         while !shutdown.is_cancelled() {
-            match self.consume(&shutdown, &mut backoff).await {
+            match self.consume(shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "event consumer failed");
@@ -78,7 +95,31 @@ impl Consumer {
                 }
             }
         }
-        tracing::info!("event consumer stopped");
+    }
+
+    /// Creates the read model's indexes (idempotent), retrying until done.
+    async fn ensure_indexes(&self, shutdown: &CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let created = tokio::select! {
+                () = shutdown.cancelled() => return,
+                created = self.projector.read_model.ensure_indexes() => created,
+            };
+            match created {
+                Ok(()) => {
+                    tracing::info!("read model indexes are in place");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "creating the read model indexes failed");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 
     async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
@@ -147,7 +188,10 @@ impl Consumer {
                 continue;
             }
             let last_id = entries.last().map(|e| e.id.clone()).unwrap_or_default();
-            let retry = self.handle(&mut connection, entries).await?;
+            let retry = self.handle(&mut connection, entries).await;
+            // Also after a failure: some entries of the batch may be done.
+            self.batches.send_modify(|n| *n = n.wrapping_add(1));
+            let retry = retry?;
             match retry {
                 None => {
                     failures = 0;
@@ -240,7 +284,7 @@ impl Consumer {
             Ok(event) => event,
             Err(error) => return Outcome::DeadLetter(error.to_string()),
         };
-        match self.read_model.apply(&event).await {
+        match self.projector.apply(&event).await {
             Ok(applied) => {
                 tracing::debug!(
                     book_id = %event.book_id,
@@ -252,7 +296,7 @@ impl Consumer {
                 );
                 Outcome::Done
             }
-            Err(error) => Outcome::Retry(error.into()),
+            Err(error) => Outcome::Retry(error),
         }
     }
 }

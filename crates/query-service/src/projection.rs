@@ -5,11 +5,27 @@
 //! event is written only if its version is newer than the stored one, so a
 //! duplicate or an older event changes nothing. Deletes leave a versioned
 //! tombstone, so an older create arriving late cannot resurrect a book.
+//!
+//! FerretDB v1 reads the documents an update matches and writes them back
+//! in a separate step, so two concurrent applies to one book could both
+//! pass the guard; applies of one book are therefore serialized within the
+//! process (`platform::locks`). Across replicas this takes MongoDB, which
+//! applies the filter and the write atomically.
+//!
+//! Besides the book, each document holds `authorKey` (the author's
+//! `Author::key()`, what lists filter on) and `authorKeys`, every key the
+//! book ever had: the author summaries a change may affect (see `summary`).
+
+use std::sync::Arc;
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use domain::{Author, Book, BookEvent, BookId, BookState, EventType, PublishedYear, Title};
-use mongodb::{error::ErrorKind, Collection, Database};
+use futures::TryStreamExt;
+use mongodb::{error::ErrorKind, Collection, Database, IndexModel};
+use platform::locks::DocumentLocks;
 use serde::Deserialize;
+
+use crate::listing::{After, BookFilter, Sort};
 
 const BOOKS: &str = "books";
 const DUPLICATE_KEY: i32 = 11000;
@@ -23,9 +39,37 @@ pub enum Applied {
     Stale,
 }
 
+/// A book as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    Live(Book),
+    /// Deleted at `version`.
+    Deleted {
+        version: u64,
+    },
+}
+
+impl Current {
+    pub fn version(&self) -> u64 {
+        match self {
+            Current::Live(book) => book.version,
+            Current::Deleted { version } => *version,
+        }
+    }
+}
+
+/// One read-model document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub current: Current,
+    /// Every author key the book ever had.
+    pub author_keys: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct ReadModel {
     books: Collection<Document>,
+    locks: Arc<DocumentLocks>,
 }
 
 /// A read-model document as stored.
@@ -42,13 +86,32 @@ struct BookRecord {
     published_year: Option<i32>,
     created_at: Option<DateTime>,
     updated_at: Option<DateTime>,
+    #[serde(default)]
+    author_keys: Vec<String>,
 }
 
 impl ReadModel {
     pub fn new(db: &Database) -> Self {
         Self {
             books: db.collection(BOOKS),
+            locks: Arc::default(),
         }
+    }
+
+    /// Creates the indexes lists and author summaries use; a no-op when
+    /// they exist.
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.books
+            .create_indexes([
+                // `?author=` in creation order, and every author summary.
+                index(doc! { "authorKey": 1, "createdAt": 1, "_id": 1 }),
+                index(doc! { "createdAt": 1, "_id": 1 }),
+                index(doc! { "title": 1, "_id": 1 }),
+                index(doc! { "publishedYear": 1, "_id": 1 }),
+            ])
+            .await?;
+        Ok(())
     }
 
     /// Applies `event` if it is newer than what the read model holds.
@@ -57,6 +120,8 @@ impl ReadModel {
         let id = ObjectId::parse_str(event.book_id.as_str()).expect("a BookId is an ObjectId");
         let version = i64::try_from(event.version).unwrap_or(i64::MAX);
         let update = match (&event.event_type, &event.book) {
+            // `authorKeys` stays: the summaries that counted the book must
+            // learn that it is gone.
             (EventType::BookDeleted, _) | (_, None) => doc! {
                 "$set": {
                     "version": version,
@@ -64,20 +129,29 @@ impl ReadModel {
                     "updatedAt": DateTime::from_chrono(event.occurred_at),
                     "eventId": event.event_id.to_string(),
                 },
-                "$unset": { "title": "", "author": "", "publishedYear": "", "createdAt": "" },
-            },
-            (_, Some(book)) => doc! {
-                "$set": {
-                    "title": book.title.as_str(),
-                    "author": book.author.as_str(),
-                    "publishedYear": book.published_year.value(),
-                    "createdAt": DateTime::from_chrono(book.created_at),
-                    "updatedAt": DateTime::from_chrono(book.updated_at),
-                    "version": version,
-                    "deleted": false,
-                    "eventId": event.event_id.to_string(),
+                "$unset": {
+                    "title": "", "author": "", "authorKey": "", "publishedYear": "", "createdAt": "",
                 },
             },
+            (_, Some(book)) => {
+                let key = book.author.key();
+                doc! {
+                    "$set": {
+                        "title": book.title.as_str(),
+                        "author": book.author.as_str(),
+                        "authorKey": key.as_str(),
+                        "publishedYear": book.published_year.value(),
+                        "createdAt": DateTime::from_chrono(book.created_at),
+                        "updatedAt": DateTime::from_chrono(book.updated_at),
+                        "version": version,
+                        "deleted": false,
+                        "eventId": event.event_id.to_string(),
+                    },
+                    // In the same guarded write as the book: a key the book
+                    // had is never missing from the list.
+                    "$addToSet": { "authorKeys": key.as_str() },
+                }
+            }
         };
         // Matches only an older version. When the book is absent the upsert
         // inserts it. When the insert collides on _id, the book exists (a
@@ -85,6 +159,7 @@ impl ReadModel {
         // insert): try once more as a plain guarded update, which matches
         // only if what is stored is still older.
         let filter = doc! { "_id": id, "version": { "$lt": version } };
+        let _locked = self.locks.lock(&id).await;
         match self
             .books
             .update_one(filter.clone(), update.clone())
@@ -104,8 +179,9 @@ impl ReadModel {
         }
     }
 
-    /// The current view of a book; `None` when unknown or deleted.
-    pub async fn get(&self, id: &BookId) -> anyhow::Result<Option<Book>> {
+    /// The document of a book, live or deleted; `None` when unknown.
+    #[tracing::instrument(skip(self))]
+    pub async fn find(&self, id: &BookId) -> anyhow::Result<Option<Record>> {
         let object_id = ObjectId::parse_str(id.as_str())?;
         let Some(record) = self
             .books
@@ -115,10 +191,44 @@ impl ReadModel {
         else {
             return Ok(None);
         };
-        if record.deleted {
-            return Ok(None);
+        let author_keys = record.author_keys.clone();
+        let current = if record.deleted {
+            Current::Deleted {
+                version: u64::try_from(record.version)?,
+            }
+        } else {
+            Current::Live(record.into_book()?)
+        };
+        Ok(Some(Record {
+            current,
+            author_keys,
+        }))
+    }
+
+    /// Up to `limit` live books matching `filter`, in `sort`'s order,
+    /// starting after `after`.
+    #[tracing::instrument(skip(self))]
+    pub async fn list(
+        &self,
+        filter: &BookFilter,
+        sort: Sort,
+        after: Option<&After>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Book>> {
+        let mut query = filter.document();
+        if let Some(after) = after {
+            query.extend(after.document(sort));
         }
-        record.into_book().map(Some)
+        let records: Vec<BookRecord> = self
+            .books
+            .clone_with_type::<BookRecord>()
+            .find(query)
+            .sort(sort.document())
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await?;
+        records.into_iter().map(BookRecord::into_book).collect()
     }
 }
 
@@ -149,7 +259,7 @@ impl BookRecord {
     }
 }
 
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match &*error.kind {
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,

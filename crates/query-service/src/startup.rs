@@ -5,9 +5,13 @@
 use std::net::SocketAddr;
 
 use platform::{health::Dependencies, server::HttpServer};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, consumer::Consumer, projection::ReadModel, routes, state::AppState};
+use crate::{
+    cache::BookCache, config::Settings, consumer::Consumer, lookup::BookLookup,
+    projection::ReadModel, projector::Projector, routes, state::AppState, summary::AuthorSummaries,
+};
 
 /// Reads take no body; this only bounds what a client may send anyway.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -29,13 +33,25 @@ impl Application {
         .await?;
         let database = client.database(&settings.database);
         let read_model = ReadModel::new(&database);
+        let summaries = AuthorSummaries::new(&database);
 
         let redis_client = platform::connect::redis_client(&settings.redis_url)?;
         let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
+        let cache = BookCache::new(
+            redis.clone(),
+            settings.cache_prefix.clone(),
+            settings.cache_ttl,
+        );
 
+        let (batches, batches_seen) = watch::channel(0);
         let consumer = Consumer {
             client: redis_client,
-            read_model: read_model.clone(),
+            projector: Projector {
+                read_model: read_model.clone(),
+                summaries: summaries.clone(),
+                cache: cache.clone(),
+            },
+            batches,
             stream: settings.stream.clone(),
             group: settings.group.clone(),
             name: settings.consumer.clone(),
@@ -45,7 +61,14 @@ impl Application {
             timeout: settings.dependency_timeout,
         };
         let state = AppState {
+            lookup: BookLookup {
+                cache,
+                read_model: read_model.clone(),
+            },
             read_model,
+            summaries,
+            batches: batches_seen,
+            read_your_writes_timeout: settings.read_your_writes_timeout,
             dependencies: Dependencies {
                 mongo: database,
                 redis,

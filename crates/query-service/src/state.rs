@@ -1,19 +1,35 @@
 //! What every handler can reach.
 
+use std::time::Duration;
+
 use axum::extract::FromRef;
 use platform::health::Dependencies;
+use tokio::sync::watch;
 
-use crate::projection::ReadModel;
+use crate::{lookup::BookLookup, projection::ReadModel, summary::AuthorSummaries};
 
 #[derive(Clone)]
 pub struct AppState {
     pub read_model: ReadModel,
+    pub lookup: BookLookup,
+    pub summaries: AuthorSummaries,
+    /// Bumped by the local consumer after each batch: a read waiting for a
+    /// version looks again then.
+    pub batches: watch::Receiver<u64>,
+    /// How long a read waits for the version it asks for.
+    pub read_your_writes_timeout: Duration,
     pub dependencies: Dependencies,
 }
 
 impl FromRef<AppState> for ReadModel {
     fn from_ref(state: &AppState) -> Self {
         state.read_model.clone()
+    }
+}
+
+impl FromRef<AppState> for AuthorSummaries {
+    fn from_ref(state: &AppState) -> Self {
+        state.summaries.clone()
     }
 }
 

@@ -1,9 +1,11 @@
 //! The HTTP routes, one module per resource, and the OpenAPI document
 //! generated from them.
 
+mod authors;
 mod books;
 
 use axum::Router;
+use platform::ApiError;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -18,6 +20,7 @@ use crate::state::AppState;
     ),
     tags(
         (name = "books", description = "The read model of books"),
+        (name = "authors", description = "Summaries of each author's books"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),
     )
@@ -28,6 +31,7 @@ struct ApiDoc;
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(books::router())
+        .merge(authors::router())
         .merge(platform::health::router())
 }
 
@@ -39,4 +43,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let (routes, _) = platform::openapi::split(routes());
     platform::http::with_common_layers(routes.with_state(state), body_limit)
+}
+
+/// A read-model failure as an answer: 503 when MongoDB cannot be reached,
+/// 500 otherwise.
+fn store_error(error: anyhow::Error) -> ApiError {
+    match error.downcast::<mongodb::error::Error>() {
+        Ok(mongo) => mongo.into(),
+        Err(other) => ApiError::Internal(other),
+    }
 }

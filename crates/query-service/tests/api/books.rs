@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use test_support::assert_problem;
 
-use crate::helpers::{new_book, spawn_app};
+use crate::helpers::{new_book, spawn_app, updated};
 
 #[tokio::test]
 async fn get_returns_the_book_once_its_event_is_applied() {
@@ -48,6 +48,22 @@ async fn get_answers_json_with_the_tutorial_field_names() {
             "version"
         ]
     );
+}
+
+#[tokio::test]
+async fn get_answers_the_version_as_a_strong_etag() {
+    let app = spawn_app().await;
+    let book = new_book("Versioned");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_for_version(book.id.as_str(), 1).await;
+
+    let first = app.get_book(book.id.as_str()).await;
+    assert_eq!(first.headers()["etag"], "\"1\"");
+
+    app.publish(&updated(&book, "Versioned again", 2)).await;
+    app.wait_for_version(book.id.as_str(), 2).await;
+    let second = app.get_book(book.id.as_str()).await;
+    assert_eq!(second.headers()["etag"], "\"2\"");
 }
 
 #[tokio::test]

@@ -1,12 +1,12 @@
 //! `spawn_app()`: the real query-service on a free port with its own read
-//! database, stream key and consumer group, plus helpers to put events on
-//! the stream as the command side would.
+//! database, stream key, consumer group and cache key prefix, plus helpers
+//! to put events on the stream as the command side would.
 
 use std::{net::SocketAddr, time::Duration};
 
 use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
-use domain::{Book, BookDraft, BookEvent, BookId, EventType};
+use domain::{Author, Book, BookDraft, BookEvent, BookId, BookState, EventType};
 use platform::RedactedUrl;
 use query_service::{config::Settings, startup::Application};
 use redis::{
@@ -45,16 +45,30 @@ pub(crate) async fn test_settings() -> Settings {
         batch: 64,
         block: Duration::from_millis(200),
         dependency_timeout: Duration::from_secs(1),
+        cache_prefix: format!("{}:", unique("cache")),
+        cache_ttl: Duration::from_secs(3600),
+        read_your_writes_timeout: Duration::from_secs(1),
     }
+}
+
+/// Removes what an app with `settings` leaves on the servers: its database,
+/// streams and cache entries.
+pub(crate) fn cleanup_for(settings: &Settings) -> Cleanup {
+    Cleanup::new(
+        vec![settings.database.clone()],
+        vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
+    )
+    .with_key_prefixes(vec![settings.cache_prefix.clone()])
 }
 
 /// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
-    let settings = test_settings().await;
-    let cleanup = Cleanup::new(
-        vec![settings.database.clone()],
-        vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
-    );
+    spawn_cleaned_app_with(test_settings().await).await
+}
+
+/// The service with these settings, whose data is removed after the test.
+pub(crate) async fn spawn_cleaned_app_with(settings: Settings) -> TestApp {
+    let cleanup = cleanup_for(&settings);
     let mut app = spawn_app_with(settings).await;
     app.app.clean_up_after(cleanup);
     app
@@ -87,6 +101,50 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// `GET /books` with these query parameters.
+    pub(crate) async fn list(&self, params: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .get(self.url("/books"))
+            .query(params)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The body of a 200 answer of `GET /books` with these parameters.
+    pub(crate) async fn list_page(&self, params: &[(&str, &str)]) -> Value {
+        let response = self.list(params).await;
+        assert_eq!(response.status(), 200, "GET /books {params:?}");
+        response.json().await.expect("a JSON page")
+    }
+
+    /// The titles of the first page of `GET /books` with these parameters.
+    pub(crate) async fn list_titles(&self, params: &[(&str, &str)]) -> Vec<String> {
+        titles(&self.list_page(params).await)
+    }
+
+    /// `GET /authors/{name}`, the name URL-encoded.
+    pub(crate) async fn get_author(&self, name: &str) -> reqwest::Response {
+        let mut url = reqwest::Url::parse(&self.url("/authors")).expect("a URL");
+        url.path_segments_mut().expect("a base URL").push(name);
+        self.http.get(url).send().await.expect("request sent")
+    }
+
+    /// The Redis key of book `id`'s cache entry.
+    pub(crate) fn cache_key(&self, id: &str) -> String {
+        format!("{}{id}", self.settings.cache_prefix)
+    }
+
+    /// The fields of book `id`'s cache entry (empty when there is none).
+    pub(crate) async fn cache_entry(&self, id: &str) -> std::collections::HashMap<String, String> {
+        let mut redis = self.redis.clone();
+        redis::cmd("HGETALL")
+            .arg(self.cache_key(id))
+            .query_async(&mut redis)
+            .await
+            .expect("HGETALL")
     }
 
     /// The book's JSON once the read model serves it at `version`.
@@ -189,9 +247,56 @@ pub(crate) async fn xadd_event(
 
 /// A book as the command side would create it.
 pub(crate) fn new_book(title: &str) -> Book {
+    new_book_by(title, "Ursula K. Le Guin", 1969)
+}
+
+/// A book by `author` published in `year`, created now.
+pub(crate) fn new_book_by(title: &str, author: &str, year: i64) -> Book {
     let id = BookId::parse(&ObjectId::new().to_hex()).unwrap();
-    let draft = BookDraft::parse(title, "Ursula K. Le Guin", 1969).unwrap();
+    let draft = BookDraft::parse(title, author, year).unwrap();
     Book::create(id, draft, Utc::now().trunc_subsecs(3))
+}
+
+/// Books made from `(title, author, year)`, created one second apart in
+/// this order, so that creation order is known whatever the clock does.
+pub(crate) fn books_in_creation_order(specs: &[(&str, &str, i64)]) -> Vec<Book> {
+    let start = Utc::now().trunc_subsecs(3);
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, (title, author, year))| {
+            let mut book = new_book_by(title, author, *year);
+            let at = start + chrono::Duration::seconds(i64::try_from(i).unwrap());
+            book.state.created_at = at;
+            book.state.updated_at = at;
+            book
+        })
+        .collect()
+}
+
+/// `book` at `version` after `change`, as an update event would carry it.
+pub(crate) fn revised(book: &Book, version: u64, change: impl FnOnce(&mut BookState)) -> Book {
+    let mut next = book.clone();
+    next.version = version;
+    change(&mut next.state);
+    next.state.updated_at =
+        book.state.created_at + chrono::Duration::seconds(i64::try_from(version).unwrap());
+    next
+}
+
+/// An author name, for `revised`.
+pub(crate) fn author(name: &str) -> Author {
+    Author::parse(name).unwrap()
+}
+
+/// The `title` of each item of a `GET /books` page.
+pub(crate) fn titles(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|b| b["title"].as_str().expect("a title").to_owned())
+        .collect()
 }
 
 /// The event of `book` changed to `title` at `version`.

@@ -1,6 +1,11 @@
 //! query-service against real MongoDB (FerretDB) and Redis.
 
+mod authors;
 mod books;
+mod cache;
 mod consumer;
 mod health;
 mod helpers;
+mod list;
+mod openapi;
+mod read_your_writes;

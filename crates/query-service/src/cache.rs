@@ -1,0 +1,120 @@
+//! The read cache in Redis, as the tutorial recommends: one hash per book,
+//! `{v: <version>, body: <the JSON answer>}`, or `{v: <version>, gone: 1}`
+//! once the book is deleted.
+//!
+//! Every write goes through one Lua script that writes only when the key is
+//! absent or holds a lower version, so writers racing each other (the
+//! consumers of every replica, and reads refilling a miss) can only move an
+//! entry forward: the cache never goes back to an older version than one it
+//! showed.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use domain::BookId;
+use redis::{aio::ConnectionManager, Script};
+
+use crate::projection::Current;
+
+/// KEYS[1]: the book's key. ARGV: version, TTL in seconds, then the field
+/// (`body` or `gone`) and its value.
+const PUT_IF_NEWER: &str = r"
+local held = redis.call('HGET', KEYS[1], 'v')
+if held and tonumber(held) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// One cache entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The book at `version`, as the JSON body of `GET /books/{id}`.
+    Book { version: u64, body: Bytes },
+    /// The book was deleted at `version`.
+    Gone { version: u64 },
+}
+
+impl Cached {
+    pub fn version(&self) -> u64 {
+        match self {
+            Cached::Book { version, .. } | Cached::Gone { version } => *version,
+        }
+    }
+}
+
+impl From<&Current> for Cached {
+    fn from(current: &Current) -> Self {
+        match current {
+            Current::Live(book) => Cached::Book {
+                version: book.version,
+                body: Bytes::from(serde_json::to_vec(book).expect("a book serializes")),
+            },
+            Current::Deleted { version } => Cached::Gone { version: *version },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BookCache {
+    redis: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    put_if_newer: Script,
+}
+
+impl BookCache {
+    pub fn new(redis: ConnectionManager, prefix: String, ttl: Duration) -> Self {
+        Self {
+            redis,
+            prefix,
+            ttl,
+            put_if_newer: Script::new(PUT_IF_NEWER),
+        }
+    }
+
+    fn key(&self, id: &BookId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// The entry of book `id`; `None` on a miss.
+    #[tracing::instrument(skip(self))]
+    pub async fn get(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
+        let mut redis = self.redis.clone();
+        let (version, body, gone): (Option<u64>, Option<Vec<u8>>, Option<u8>) = redis::cmd("HMGET")
+            .arg(self.key(id))
+            .arg("v")
+            .arg("body")
+            .arg("gone")
+            .query_async(&mut redis)
+            .await?;
+        Ok(match (version, body, gone) {
+            (Some(version), Some(body), _) => Some(Cached::Book {
+                version,
+                body: Bytes::from(body),
+            }),
+            (Some(version), None, Some(_)) => Some(Cached::Gone { version }),
+            _ => None,
+        })
+    }
+
+    /// Stores `entry` unless the cache already holds its version or a newer
+    /// one; `true` when it was stored.
+    #[tracing::instrument(skip_all, fields(book_id = %id, version = entry.version()))]
+    pub async fn put(&self, id: &BookId, entry: &Cached) -> redis::RedisResult<bool> {
+        let mut redis = self.redis.clone();
+        let mut invocation = self.put_if_newer.key(self.key(id));
+        invocation
+            .arg(entry.version())
+            .arg(self.ttl.as_secs().max(1));
+        match entry {
+            Cached::Book { body, .. } => invocation.arg("body").arg(body.as_ref()),
+            Cached::Gone { .. } => invocation.arg("gone").arg(1),
+        };
+        let stored: i64 = invocation.invoke_async(&mut redis).await?;
+        Ok(stored == 1)
+    }
+}

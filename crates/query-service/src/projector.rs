@@ -1,0 +1,43 @@
+//! Everything one event changes on the query side, in the order that makes
+//! an acknowledged event visible everywhere: the read-model book, the
+//! summaries of the authors it had, then the cache. The consumer
+//! acknowledges the event only once all three are written; a failure
+//! leaves it pending, and its redelivery (stale by then) redoes the last
+//! two from the read model.
+
+use domain::BookEvent;
+
+use crate::{
+    cache::{BookCache, Cached},
+    projection::{Applied, ReadModel},
+    summary::AuthorSummaries,
+};
+
+#[derive(Clone)]
+pub struct Projector {
+    pub read_model: ReadModel,
+    pub summaries: AuthorSummaries,
+    pub cache: BookCache,
+}
+
+impl Projector {
+    #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
+    pub async fn apply(&self, event: &BookEvent) -> anyhow::Result<Applied> {
+        let applied = self.read_model.apply(event).await?;
+        // Whether written or stale, what counts is what the read model holds
+        // now: never the (possibly older) event's own state.
+        let Some(record) = self.read_model.find(&event.book_id).await? else {
+            anyhow::bail!(
+                "book {} is missing right after its event was applied",
+                event.book_id
+            );
+        };
+        for key in &record.author_keys {
+            self.summaries.recompute(key).await?;
+        }
+        self.cache
+            .put(&event.book_id, &Cached::from(&record.current))
+            .await?;
+        Ok(applied)
+    }
+}

@@ -1,0 +1,215 @@
+//! The Redis read cache behind `GET /books/{id}`: filled by the consumer
+//! before it acknowledges, refilled on a miss, never moved back to an older
+//! version, and a way around a MongoDB outage.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use domain::{BookEvent, BookId};
+use query_service::cache::{BookCache, Cached};
+use serde_json::Value;
+use test_support::{assert_problem, TcpProxy};
+
+use crate::helpers::{
+    cleanup_for, deleted, new_book, spawn_app, spawn_cleaned_app_with, test_settings, updated,
+};
+
+#[tokio::test]
+async fn the_consumer_caches_the_book_it_applied_before_acknowledging_it() {
+    let app = spawn_app().await;
+    let book = new_book("Cached");
+
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    let entry = app.cache_entry(book.id.as_str()).await;
+    assert_eq!(entry["v"], "1");
+    let cached: Value = serde_json::from_str(&entry["body"]).unwrap();
+    assert_eq!(cached, serde_json::to_value(&book).unwrap());
+    let mut redis = app.redis.clone();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(app.cache_key(book.id.as_str()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((3500..=3600).contains(&ttl), "expires: {ttl}");
+}
+
+#[tokio::test]
+async fn a_cached_book_is_served_while_mongodb_is_cut() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
+    let app = spawn_cleaned_app_with(settings).await;
+    let book = new_book("Through the outage");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    proxy.cut();
+
+    let response = app.get_book(book.id.as_str()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::to_value(&book).unwrap());
+    // MongoDB is really out of reach: what only it can answer fails.
+    assert_problem(app.list(&[]).await, 503).await;
+}
+
+#[tokio::test]
+async fn the_first_get_after_an_update_is_acknowledged_shows_it() {
+    let app = spawn_app().await;
+    let book = new_book("Before");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_for_version(book.id.as_str(), 1).await;
+
+    app.publish(&updated(&book, "After", 2)).await;
+    app.wait_until_consumed().await;
+
+    let response = app.get_book(book.id.as_str()).await;
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["title"], "After");
+}
+
+#[tokio::test]
+async fn the_first_get_after_a_delete_is_acknowledged_is_404() {
+    let app = spawn_app().await;
+    let book = new_book("Doomed");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_for_version(book.id.as_str(), 1).await;
+
+    app.publish(&deleted(&book, 2)).await;
+    app.wait_until_consumed().await;
+
+    assert_problem(app.get_book(book.id.as_str()).await, 404).await;
+    let entry = app.cache_entry(book.id.as_str()).await;
+    assert_eq!(entry.get("v").map(String::as_str), Some("2"));
+    assert_eq!(entry.get("gone").map(String::as_str), Some("1"));
+    assert!(!entry.contains_key("body"));
+}
+
+#[tokio::test]
+async fn a_late_older_event_never_overwrites_the_cache() {
+    let app = spawn_app().await;
+    let book = new_book("Original");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.publish(&updated(&book, "Renamed", 2)).await;
+    app.wait_until_consumed().await;
+
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    assert_eq!(app.cache_entry(book.id.as_str()).await["v"], "2");
+
+    // Even with the entry gone, a stale event caches what the read model
+    // holds, not its own older state.
+    let mut redis = app.redis.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(app.cache_key(book.id.as_str()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    let entry = app.cache_entry(book.id.as_str()).await;
+    assert_eq!(entry["v"], "2");
+    let cached: Value = serde_json::from_str(&entry["body"]).unwrap();
+    assert_eq!(cached["title"], "Renamed");
+}
+
+#[tokio::test]
+async fn a_cache_miss_is_refilled_from_the_read_model() {
+    let app = spawn_app().await;
+    let book = new_book("Evicted");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    let mut redis = app.redis.clone();
+    let removed: u32 = redis::cmd("DEL")
+        .arg(app.cache_key(book.id.as_str()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+
+    let response = app.get_book(book.id.as_str()).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let served = response.text().await.unwrap();
+    let entry = app.cache_entry(book.id.as_str()).await;
+    assert_eq!(entry["v"], "1");
+    assert_eq!(entry["body"], served);
+}
+
+#[tokio::test]
+async fn the_cache_answers_without_the_read_model() {
+    let app = spawn_app().await;
+    let book = new_book("Only in the cache");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    // Change the read model behind the cache's back: a hit does not see it.
+    app.db
+        .collection::<bson::Document>("books")
+        .delete_many(bson::doc! {})
+        .await
+        .unwrap();
+
+    let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+
+    assert_eq!(body["title"], "Only in the cache");
+}
+
+#[tokio::test]
+async fn reads_fall_back_to_the_read_model_while_redis_is_cut() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_redis().await;
+    settings.redis_url = platform::RedactedUrl::new(proxy.url());
+    let app = spawn_cleaned_app_with(settings).await;
+    let book = new_book("Without Redis");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+
+    proxy.cut();
+
+    let response = app.get_book(book.id.as_str()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, serde_json::to_value(&book).unwrap());
+}
+
+#[tokio::test]
+async fn the_cache_only_ever_moves_to_a_higher_version() {
+    let settings = test_settings().await;
+    let _cleanup = cleanup_for(&settings);
+    let cache = BookCache::new(
+        test_support::redis_connection().await,
+        settings.cache_prefix.clone(),
+        Duration::from_secs(60),
+    );
+    let id = BookId::parse("65a1b2c3d4e5f60718293a4b").unwrap();
+    let book = |version, body: &'static str| Cached::Book {
+        version,
+        body: Bytes::from_static(body.as_bytes()),
+    };
+
+    assert!(cache.put(&id, &book(2, "two")).await.unwrap());
+    assert!(!cache.put(&id, &book(1, "one")).await.unwrap());
+    assert!(!cache.put(&id, &book(2, "another two")).await.unwrap());
+    assert_eq!(cache.get(&id).await.unwrap(), Some(book(2, "two")));
+
+    assert!(cache.put(&id, &Cached::Gone { version: 3 }).await.unwrap());
+    assert!(!cache.put(&id, &book(2, "two")).await.unwrap());
+    assert_eq!(
+        cache.get(&id).await.unwrap(),
+        Some(Cached::Gone { version: 3 })
+    );
+    let mut redis = test_support::redis_connection().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{}{id}", settings.cache_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "{ttl}");
+}
