@@ -2,6 +2,11 @@
 //! written against a test system, each request answering the status its
 //! `# @expect` line states, and it exercises every route of both OpenAPI
 //! documents.
+//!
+//! The runner understands the part of the JetBrains HTTP Client format the
+//! collection uses: `@name = value` variables, `{{name}}` references, and
+//! response handlers made of `client.global.set("name", <value>);` with
+//! `response.body.<path>` or `response.headers.valueOf("<name>")`.
 
 use std::collections::HashMap;
 
@@ -15,12 +20,13 @@ const COLLECTION: &str = include_str!("../../requests/books.http");
 #[derive(Debug)]
 struct Request {
     title: String,
-    name: Option<String>,
     expect: u16,
     method: String,
     url: String,
     headers: Vec<(String, String)>,
     body: String,
+    /// What the response handler keeps: (variable, expression).
+    keeps: Vec<(String, String)>,
 }
 
 /// The file's variables (`@name = value`) and its requests, in order.
@@ -40,14 +46,11 @@ fn parse(text: &str) -> (HashMap<String, String>, Vec<Request>) {
 fn parse_request(block: &str) -> Request {
     let mut lines = block.lines();
     let title = lines.next().unwrap_or_default().trim().to_owned();
-    let (mut name, mut expect, mut request_line) = (None, None, None);
+    let (mut expect, mut request_line) = (None, None);
     for line in lines.by_ref() {
         let line = line.trim();
         if let Some(comment) = line.strip_prefix('#').or_else(|| line.strip_prefix("//")) {
-            let comment = comment.trim();
-            if let Some(value) = comment.strip_prefix("@name") {
-                name = Some(value.trim().to_owned());
-            } else if let Some(value) = comment.strip_prefix("@expect") {
+            if let Some(value) = comment.trim().strip_prefix("@expect") {
                 expect = Some(value.trim().parse().expect("a status after @expect"));
             }
         } else if !line.is_empty() {
@@ -67,76 +70,81 @@ fn parse_request(block: &str) -> Request {
             (name.trim().to_owned(), value.trim().to_owned())
         })
         .collect();
-    let body = lines.collect::<Vec<_>>().join("\n").trim().to_owned();
+    let rest = lines.collect::<Vec<_>>().join("\n");
+    let (body, handler) = match rest.split_once("> {%") {
+        Some((body, handler)) => (body, handler.split("%}").next().unwrap_or_default()),
+        None => (rest.as_str(), ""),
+    };
     Request {
         expect: expect.unwrap_or_else(|| panic!("no `# @expect` in {title:?}")),
         title,
-        name,
         method,
         url,
         headers,
-        body,
+        body: body.trim().to_owned(),
+        keeps: parse_handler(handler),
     }
 }
 
-/// An earlier answer, for `{{name.response...}}` references.
-struct Answer {
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+/// The `client.global.set("name", <expression>);` statements of a handler.
+fn parse_handler(handler: &str) -> Vec<(String, String)> {
+    handler
+        .split(';')
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+        .map(|statement| {
+            let arguments = statement
+                .strip_prefix("client.global.set(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("unsupported handler statement {statement:?}"));
+            let (name, expression) = arguments.split_once(',').expect("two arguments");
+            (unquote(name), expression.trim().to_owned())
+        })
+        .collect()
 }
 
-/// Replaces every `{{...}}` in `text`: a variable, or
-/// `name.response.body.$.a.b` / `name.response.headers.Name` of an earlier
-/// answer.
-fn substitute(
-    text: &str,
-    variables: &HashMap<String, String>,
-    answers: &HashMap<String, Answer>,
-) -> String {
+fn unquote(text: &str) -> String {
+    text.trim().trim_matches('"').to_owned()
+}
+
+/// The value of a handler expression over an answer.
+fn evaluate(expression: &str, headers: &reqwest::header::HeaderMap, body: &Value) -> String {
+    if let Some(name) = expression
+        .strip_prefix("response.headers.valueOf(")
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
+        let name = unquote(name);
+        return headers[name.as_str()]
+            .to_str()
+            .expect("a text header")
+            .to_owned();
+    }
+    let path = expression
+        .strip_prefix("response.body.")
+        .unwrap_or_else(|| panic!("unsupported expression {expression}"));
+    match path.split('.').fold(body, |value, key| &value[key]) {
+        Value::String(text) => text.clone(),
+        Value::Null => panic!("{expression} is null in the answer"),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces every `{{name}}` in `text` with its variable.
+fn substitute(text: &str, variables: &HashMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let end = rest[start..].find("}}").expect("a closing }}") + start;
-        let expression = rest[start + 2..end].trim();
-        out.push_str(&resolve(expression, variables, answers));
+        let name = rest[start + 2..end].trim();
+        let value = variables
+            .get(name)
+            .unwrap_or_else(|| panic!("no variable {name} is set before it is used"));
+        out.push_str(value);
         rest = &rest[end + 2..];
     }
     out.push_str(rest);
     out
-}
-
-fn resolve(
-    expression: &str,
-    variables: &HashMap<String, String>,
-    answers: &HashMap<String, Answer>,
-) -> String {
-    if let Some(value) = variables.get(expression) {
-        return value.clone();
-    }
-    let (name, path) = expression
-        .split_once(".response.")
-        .unwrap_or_else(|| panic!("unknown variable {expression}"));
-    let answer = answers
-        .get(name)
-        .unwrap_or_else(|| panic!("no earlier answer named {name}"));
-    if let Some(header) = path.strip_prefix("headers.") {
-        return answer.headers[header]
-            .to_str()
-            .expect("a text header")
-            .to_owned();
-    }
-    let pointer = path
-        .strip_prefix("body.$.")
-        .unwrap_or_else(|| panic!("unsupported reference {expression}"));
-    let value = pointer
-        .split('.')
-        .fold(&answer.body, |value, key| &value[key]);
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => panic!("{expression} is null in the earlier answer"),
-        other => other.to_string(),
-    }
 }
 
 /// Whether `path` (no query) is an instance of the OpenAPI `template`.
@@ -173,18 +181,17 @@ async fn the_request_collection_runs_as_written_and_covers_every_route() {
     variables.insert("token".into(), TOKEN.into());
     // A plain client: the collection's own headers are all that is sent.
     let http = reqwest::Client::new();
-    let mut answers = HashMap::new();
     let mut sent = Vec::new();
 
     for request in &requests {
-        let url = substitute(&request.url, &variables, &answers);
+        let url = substitute(&request.url, &variables);
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).expect("a method");
         let mut builder = http.request(method, &url);
         for (name, value) in &request.headers {
-            builder = builder.header(name, substitute(value, &variables, &answers));
+            builder = builder.header(name, substitute(value, &variables));
         }
         if !request.body.is_empty() {
-            builder = builder.body(substitute(&request.body, &variables, &answers));
+            builder = builder.body(substitute(&request.body, &variables));
         }
         let response = builder.send().await.expect("the request is answered");
         let status = response.status().as_u16();
@@ -195,9 +202,9 @@ async fn the_request_collection_runs_as_written_and_covers_every_route() {
             "{:?} ({} {url}) answered {text}",
             request.title, request.method
         );
-        if let Some(name) = &request.name {
-            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            answers.insert(name.clone(), Answer { headers, body });
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for (name, expression) in &request.keeps {
+            variables.insert(name.clone(), evaluate(expression, &headers, &body));
         }
         sent.push((request.method.clone(), url));
     }
@@ -219,6 +226,25 @@ async fn the_request_collection_runs_as_written_and_covers_every_route() {
             );
         }
     }
+}
+
+#[test]
+fn handlers_keep_body_fields_and_headers() {
+    let keeps = parse_handler(
+        r#"
+  client.global.set("id", response.body._id);
+  client.global.set("etag", response.headers.valueOf("ETag"));
+"#,
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("etag", "\"3\"".parse().unwrap());
+    let body = serde_json::json!({ "_id": "abc", "version": 3 });
+    let values: Vec<String> = keeps
+        .iter()
+        .map(|(_, expression)| evaluate(expression, &headers, &body))
+        .collect();
+    assert_eq!(keeps[0].0, "id");
+    assert_eq!(values, ["abc", "\"3\""]);
 }
 
 #[test]
