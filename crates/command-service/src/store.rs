@@ -13,10 +13,12 @@ use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
-use platform::locks::DocumentLocks;
-use serde::Deserialize;
+use platform::{
+    document::{BookDocument, CorruptBook, StoredBook},
+    locks::DocumentLocks,
+};
 
-use domain::{Author, Book, BookId, BookState, PublishedYear, Title};
+use domain::Book;
 
 const BOOKS: &str = "books";
 
@@ -49,39 +51,13 @@ pub struct PendingBook {
     pub events: Vec<String>,
 }
 
-/// A book as the write model holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    Live(Book),
-    /// Deleted at this version; the document stays as a tombstone.
-    Deleted {
-        version: u64,
-    },
-}
-
-/// A write-model document, as read back for a command.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BookRecord {
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    version: i64,
-    #[serde(default)]
-    deleted: bool,
-    title: Option<String>,
-    author: Option<String>,
-    published_year: Option<i64>,
-    created_at: Option<DateTime>,
-    updated_at: Option<DateTime>,
-}
-
-/// Why a stored document could not be read as a book.
+/// Why a stored book could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Mongo(#[from] mongodb::error::Error),
-    #[error("stored book {id} is not valid: {reason}")]
-    Corrupt { id: ObjectId, reason: String },
+    #[error(transparent)]
+    Corrupt(#[from] CorruptBook),
 }
 
 #[derive(Clone)]
@@ -138,14 +114,14 @@ impl BookStore {
 
     /// The book with this id as the write model holds it, if any.
     #[tracing::instrument(skip_all, fields(book_id = %id))]
-    pub async fn find(&self, id: ObjectId) -> Result<Option<Stored>, StoreError> {
+    pub async fn find(&self, id: ObjectId) -> Result<Option<StoredBook>, StoreError> {
         let record = self
             .books
-            .clone_with_type::<BookRecord>()
+            .clone_with_type::<BookDocument>()
             .find_one(doc! { "_id": id })
             .projection(doc! { "outbox": 0, "outboxAt": 0 })
             .await?;
-        record.map(BookRecord::into_stored).transpose()
+        Ok(record.map(BookDocument::into_stored).transpose()?)
     }
 
     /// Writes `book` (the next version of a live book) and its event, if
@@ -299,42 +275,6 @@ impl BookStore {
                 .await?;
         }
         Ok(())
-    }
-}
-
-impl BookRecord {
-    fn into_stored(self) -> Result<Stored, StoreError> {
-        let id = self.id;
-        let corrupt = |reason: String| StoreError::Corrupt { id, reason };
-        let version = u64::try_from(self.version).map_err(|e| corrupt(e.to_string()))?;
-        if self.deleted {
-            return Ok(Stored::Deleted { version });
-        }
-        let missing = |field: &str| corrupt(format!("no {field}"));
-        let state = BookState {
-            title: Title::parse(self.title.as_deref().ok_or_else(|| missing("title"))?)
-                .map_err(|e| corrupt(e.to_string()))?,
-            author: Author::parse(self.author.as_deref().ok_or_else(|| missing("author"))?)
-                .map_err(|e| corrupt(e.to_string()))?,
-            published_year: PublishedYear::parse(
-                self.published_year
-                    .ok_or_else(|| missing("publishedYear"))?,
-            )
-            .map_err(|e| corrupt(e.to_string()))?,
-            created_at: self
-                .created_at
-                .ok_or_else(|| missing("createdAt"))?
-                .to_chrono(),
-            updated_at: self
-                .updated_at
-                .ok_or_else(|| missing("updatedAt"))?
-                .to_chrono(),
-        };
-        Ok(Stored::Live(Book {
-            id: BookId::parse(&id.to_hex()).expect("an ObjectId is 24 hex digits"),
-            state,
-            version,
-        }))
     }
 }
 

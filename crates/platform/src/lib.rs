@@ -3,6 +3,7 @@
 //! checks and connections to MongoDB and Redis.
 
 pub mod connect;
+pub mod document;
 pub mod env;
 pub mod error;
 pub mod health;

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use domain::BookId;
+use platform::document::StoredBook;
 use redis::{aio::ConnectionManager, Script};
-
-use crate::projection::Current;
 
 /// KEYS[1]: the book's key. ARGV: version, TTL in seconds, then the field
 /// (`body` or `gone`) and its value.
@@ -46,14 +45,14 @@ impl Cached {
     }
 }
 
-impl From<&Current> for Cached {
-    fn from(current: &Current) -> Self {
+impl From<&StoredBook> for Cached {
+    fn from(current: &StoredBook) -> Self {
         match current {
-            Current::Live(book) => Cached::Book {
+            StoredBook::Live(book) => Cached::Book {
                 version: book.version,
                 body: Bytes::from(serde_json::to_vec(book).expect("a book serializes")),
             },
-            Current::Deleted { version } => Cached::Gone { version: *version },
+            StoredBook::Deleted { version } => Cached::Gone { version: *version },
         }
     }
 }

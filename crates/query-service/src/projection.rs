@@ -19,10 +19,13 @@
 use std::sync::Arc;
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
-use domain::{Author, Book, BookEvent, BookId, BookState, EventType, PublishedYear, Title};
+use domain::{Book, BookEvent, BookId, EventType};
 use futures::TryStreamExt;
 use mongodb::{error::ErrorKind, Collection, Database, IndexModel};
-use platform::locks::DocumentLocks;
+use platform::{
+    document::{BookDocument, StoredBook},
+    locks::DocumentLocks,
+};
 use serde::Deserialize;
 
 use crate::listing::{After, BookFilter, Sort};
@@ -39,29 +42,10 @@ pub enum Applied {
     Stale,
 }
 
-/// A book as the read model holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Current {
-    Live(Book),
-    /// Deleted at `version`.
-    Deleted {
-        version: u64,
-    },
-}
-
-impl Current {
-    pub fn version(&self) -> u64 {
-        match self {
-            Current::Live(book) => book.version,
-            Current::Deleted { version } => *version,
-        }
-    }
-}
-
 /// One read-model document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub current: Current,
+    pub current: StoredBook,
     /// Every author key the book ever had.
     pub author_keys: Vec<String>,
 }
@@ -72,20 +56,13 @@ pub struct ReadModel {
     locks: Arc<DocumentLocks>,
 }
 
-/// A read-model document as stored.
+/// A read-model document as stored: the book's fields and the author keys
+/// it ever had.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct BookRecord {
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    version: i64,
-    #[serde(default)]
-    deleted: bool,
-    title: Option<String>,
-    author: Option<String>,
-    published_year: Option<i32>,
-    created_at: Option<DateTime>,
-    updated_at: Option<DateTime>,
+    #[serde(flatten)]
+    book: BookDocument,
     #[serde(default)]
     author_keys: Vec<String>,
 }
@@ -191,17 +168,9 @@ impl ReadModel {
         else {
             return Ok(None);
         };
-        let author_keys = record.author_keys.clone();
-        let current = if record.deleted {
-            Current::Deleted {
-                version: u64::try_from(record.version)?,
-            }
-        } else {
-            Current::Live(record.into_book()?)
-        };
         Ok(Some(Record {
-            current,
-            author_keys,
+            current: record.book.into_stored()?,
+            author_keys: record.author_keys,
         }))
     }
 
@@ -219,43 +188,19 @@ impl ReadModel {
         if let Some(after) = after {
             query.extend(after.document(sort));
         }
-        let records: Vec<BookRecord> = self
+        let records: Vec<BookDocument> = self
             .books
-            .clone_with_type::<BookRecord>()
+            .clone_with_type::<BookDocument>()
             .find(query)
             .sort(sort.document())
             .limit(i64::from(limit))
             .await?
             .try_collect()
             .await?;
-        records.into_iter().map(BookRecord::into_book).collect()
-    }
-}
-
-impl BookRecord {
-    fn into_book(self) -> anyhow::Result<Book> {
-        let missing = |field: &str| anyhow::anyhow!("read model book {} has no {field}", self.id);
-        let state = BookState {
-            title: Title::parse(self.title.as_deref().ok_or_else(|| missing("title"))?)?,
-            author: Author::parse(self.author.as_deref().ok_or_else(|| missing("author"))?)?,
-            published_year: PublishedYear::parse(i64::from(
-                self.published_year
-                    .ok_or_else(|| missing("publishedYear"))?,
-            ))?,
-            created_at: self
-                .created_at
-                .ok_or_else(|| missing("createdAt"))?
-                .to_chrono(),
-            updated_at: self
-                .updated_at
-                .ok_or_else(|| missing("updatedAt"))?
-                .to_chrono(),
-        };
-        Ok(Book {
-            id: BookId::parse(&self.id.to_hex())?,
-            state,
-            version: u64::try_from(self.version)?,
-        })
+        Ok(records
+            .into_iter()
+            .map(BookDocument::into_book)
+            .collect::<Result<_, _>>()?)
     }
 }
 

@@ -19,6 +19,7 @@ use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Book, BookDraft, BookEvent, BookId, BookPatch, PatchField};
 use platform::{
+    document::StoredBook,
     http::{etag, JsonBody, PathParam},
     problem::{parse_book_id, ProblemKind},
     ApiError, Problem,
@@ -26,12 +27,7 @@ use platform::{
 use serde::{Deserialize, Deserializer};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{
-    auth::Authenticated,
-    relay::Outgoing,
-    state::AppState,
-    store::{StoreError, Stored},
-};
+use crate::{auth::Authenticated, relay::Outgoing, state::AppState, store::StoreError};
 
 /// How many times a change is retried after losing a compare-and-set to a
 /// concurrent writer before answering 409.
@@ -349,8 +345,8 @@ async fn execute(
     let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
     for _ in 0..MAX_ATTEMPTS {
         let current = match state.store.find(object_id).await.map_err(store_error)? {
-            Some(Stored::Live(book)) => book,
-            Some(Stored::Deleted { .. }) | None => {
+            Some(StoredBook::Live(book)) => book,
+            Some(StoredBook::Deleted { .. }) | None => {
                 return Err(
                     Problem::new(ProblemKind::NotFound, format!("no book with id {id}")).into(),
                 )
@@ -433,7 +429,7 @@ fn publish(
 fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Mongo(error) => error.into(),
-        corrupt @ StoreError::Corrupt { .. } => ApiError::Internal(corrupt.into()),
+        StoreError::Corrupt(corrupt) => ApiError::Internal(corrupt.into()),
     }
 }
 
