@@ -25,6 +25,7 @@ use platform::{
     ApiError, Problem,
 };
 use serde::{Deserialize, Deserializer};
+use utoipa::IntoResponses;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{auth::Authenticated, relay::Outgoing, state::AppState, store::StoreError};
@@ -75,6 +76,51 @@ struct BookMergePatch {
     published_year: Option<Option<i64>>,
 }
 
+/// The problems every command may answer (OpenAPI only).
+#[allow(dead_code)] // Describes answers; never built.
+#[derive(IntoResponses)]
+enum CommandProblems {
+    /// No accepted bearer token (`WWW-Authenticate` says how to send one)
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// MongoDB does not answer within the dependency timeout; retry later
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// The problems of a command with a JSON body (OpenAPI only).
+#[allow(dead_code)] // Describes answers; never built.
+#[derive(IntoResponses)]
+enum BodyProblems {
+    /// The body is over `BODY_LIMIT_BYTES`
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// The body is not declared as JSON
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotJson(Problem),
+    /// A field is missing, null, unknown, of the wrong type or breaks a rule; `errors` names each
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+}
+
+/// The problems of a command on an existing book (OpenAPI only).
+#[allow(dead_code)] // Describes answers; never built.
+#[derive(IntoResponses)]
+enum ChangeProblems {
+    /// The id is not 24 hexadecimal digits, the If-Match header is malformed, or the body is not JSON
+    #[response(status = 400, content_type = "application/problem+json")]
+    Malformed(Problem),
+    /// No such book, or it was deleted
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// Concurrent writers kept changing the book; retry
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// If-Match names another version; `currentVersion` (and the ETag header) say which is current
+    #[response(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(Problem),
+}
+
 /// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`).
 fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -118,11 +164,8 @@ impl BookMergePatch {
             ("ETag" = String, description = "The book's version, quoted"),
         )),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "MongoDB does not answer in time; nothing was written", body = Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CommandProblems,
     )
 )]
 #[tracing::instrument(name = "create_book", skip_all, fields(book_id))]
@@ -174,15 +217,9 @@ async fn create_book(
     request_body(content = BookBody, description = "The book's new content"),
     responses(
         (status = 200, description = "The book after the change", body = Book, headers(("ETag" = String, description = "The book's version, quoted"))),
-        (status = 400, description = "The id, the If-Match header or the body is malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such book, or it was deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+        ChangeProblems,
+        BodyProblems,
+        CommandProblems,
     )
 )]
 #[tracing::instrument(name = "replace_book", skip_all, fields(book_id = %id))]
@@ -226,15 +263,9 @@ async fn replace_book(
     )),
     responses(
         (status = 200, description = "The book after the change", body = Book, headers(("ETag" = String, description = "The book's version, quoted"))),
-        (status = 400, description = "The id, the If-Match header or the body is malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such book, or it was deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over the size limit", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is null, unknown, of the wrong type or breaks a rule", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+        ChangeProblems,
+        BodyProblems,
+        CommandProblems,
     )
 )]
 #[tracing::instrument(name = "patch_book", skip_all, fields(book_id = %id))]
@@ -274,12 +305,8 @@ async fn patch_book(
     ),
     responses(
         (status = 204, description = "Deleted", headers(("ETag" = String, description = "The version the deletion made, quoted"))),
-        (status = 400, description = "The id or the If-Match header is malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such book, or it was already deleted", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Concurrent writers kept changing the book; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version; `currentVersion` says which is current", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+        ChangeProblems,
+        CommandProblems,
     )
 )]
 #[tracing::instrument(name = "delete_book", skip_all, fields(book_id = %id))]
