@@ -5,9 +5,13 @@
 //!
 //! Conditional writes (the compare-and-set of a change, the relay's clear)
 //! also hold this process's lock on the document: FerretDB v1 does not apply
-//! an update's filter atomically (see `platform::locks`).
+//! an update's filter atomically (see `platform::locks`). A change holds it
+//! from the read of the current version to its write, so writers in one
+//! process never lose a compare-and-set to each other.
 
 use std::sync::Arc;
+
+use tokio::sync::MutexGuard;
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
@@ -58,6 +62,12 @@ pub enum StoreError {
     Mongo(#[from] mongodb::error::Error),
     #[error(transparent)]
     Corrupt(#[from] CorruptBook),
+}
+
+/// This process's lock on one book document, held from reading a book to
+/// writing its next version.
+pub struct BookLock<'a> {
+    _guard: MutexGuard<'a, ()>,
 }
 
 #[derive(Clone)]
@@ -112,6 +122,13 @@ impl BookStore {
         Ok(())
     }
 
+    /// Waits for this process's lock on book `id`.
+    pub async fn lock(&self, id: ObjectId) -> BookLock<'_> {
+        BookLock {
+            _guard: self.locks.lock(&id).await,
+        }
+    }
+
     /// The book with this id as the write model holds it, if any.
     #[tracing::instrument(skip_all, fields(book_id = %id))]
     pub async fn find(&self, id: ObjectId) -> Result<Option<StoredBook>, StoreError> {
@@ -126,11 +143,12 @@ impl BookStore {
 
     /// Writes `book` (the next version of a live book) and its event, if
     /// the stored book is still live at `expected`: a compare-and-set, so
-    /// of two writers that read the same version exactly one succeeds.
-    /// Returns whether this write won.
+    /// of two writers that read the same version exactly one succeeds (the
+    /// caller holds the book's lock). Returns whether this write won.
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn update(
         &self,
+        _locked: &BookLock<'_>,
         id: ObjectId,
         expected: u64,
         book: &Book,
@@ -156,6 +174,7 @@ impl BookStore {
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn delete(
         &self,
+        _locked: &BookLock<'_>,
         id: ObjectId,
         expected: u64,
         version: u64,
@@ -186,7 +205,6 @@ impl BookStore {
             "version": to_i64(expected),
             "deleted": { "$ne": true },
         };
-        let _locked = self.locks.lock(&id).await;
         let result = self.books.update_one(filter, update).await?;
         Ok(result.modified_count == 1)
     }

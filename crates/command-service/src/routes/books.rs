@@ -31,8 +31,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{auth::Authenticated, relay::Outgoing, state::AppState, store::StoreError};
 
 /// How many times a change is retried after losing a compare-and-set to a
-/// concurrent writer before answering 409.
-const MAX_ATTEMPTS: usize = 8;
+/// writer of another replica (writers of one replica take turns) before
+/// answering 409.
+const MAX_ATTEMPTS: usize = 16;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -360,8 +361,9 @@ impl IntoResponse for Outcome {
 }
 
 /// Reads the current version, checks the precondition, and writes the next
-/// version with a compare-and-set; a write that loses to a concurrent one
-/// starts over from the version that won (where `If-Match` then fails).
+/// version with a compare-and-set, holding this process's lock on the book
+/// throughout; a write that loses to another replica's starts over from
+/// the version that won (where `If-Match` then fails).
 async fn execute(
     state: &AppState,
     id: &BookId,
@@ -371,6 +373,7 @@ async fn execute(
 ) -> Result<Outcome, ApiError> {
     let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
     for _ in 0..MAX_ATTEMPTS {
+        let locked = state.store.lock(object_id).await;
         let current = match state.store.find(object_id).await.map_err(store_error)? {
             Some(StoredBook::Live(book)) => book,
             Some(StoredBook::Deleted { .. }) | None => {
@@ -394,7 +397,7 @@ async fn execute(
                 let json = event.to_json();
                 if state
                     .store
-                    .delete(object_id, current.version, version, at, &json)
+                    .delete(&locked, object_id, current.version, version, at, &json)
                     .await?
                 {
                     publish(state, object_id, &event, json, stored_at);
@@ -423,7 +426,7 @@ async fn execute(
         let json = event.to_json();
         if state
             .store
-            .update(object_id, current.version, &next, &json)
+            .update(&locked, object_id, current.version, &next, &json)
             .await?
         {
             publish(state, object_id, &event, json, stored_at);

@@ -11,7 +11,7 @@ use crate::helpers::{
 };
 
 /// How many writers race for one book.
-const WRITERS: usize = 8;
+const WRITERS: usize = 24;
 /// How many races a test runs.
 const ROUNDS: usize = 5;
 
