@@ -11,9 +11,9 @@
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
-//! Beside the consumption, the read model's indexes are created with the
-//! same backoff: the service starts while MongoDB is down, and consuming
-//! does not wait for them (they make reads faster, not correct).
+//! Beside the consumption, the read model is readied with the same backoff
+//! (indexes, and author keys of books an older version wrote): the service
+//! starts while MongoDB is down, and consuming does not wait for it.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -75,7 +75,7 @@ impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
         tokio::join!(
             self.consume_forever(&shutdown),
-            self.ensure_indexes(&shutdown)
+            self.prepare_read_model(&shutdown)
         );
         tracing::info!("event consumer stopped");
     }
@@ -97,21 +97,21 @@ impl Consumer {
         }
     }
 
-    /// Creates the read model's indexes (idempotent), retrying until done.
-    async fn ensure_indexes(&self, shutdown: &CancellationToken) {
+    /// Readies the read model (idempotent), retrying until done.
+    async fn prepare_read_model(&self, shutdown: &CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         loop {
             let created = tokio::select! {
                 () = shutdown.cancelled() => return,
-                created = self.projector.read_model.ensure_indexes() => created,
+                created = self.projector.prepare() => created,
             };
             match created {
                 Ok(()) => {
-                    tracing::info!("read model indexes are in place");
+                    tracing::info!("read model ready: indexes in place");
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "creating the read model indexes failed");
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "readying the read model failed");
                 }
             }
             tokio::select! {

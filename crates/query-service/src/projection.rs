@@ -76,19 +76,66 @@ impl ReadModel {
     }
 
     /// Creates the indexes lists and author summaries use; a no-op when
-    /// they exist.
+    /// they exist. One index per command: FerretDB v1 drops the connection
+    /// when one `createIndexes` names several indexes that already exist.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = |keys: Document| IndexModel::builder().keys(keys).build();
-        self.books
-            .create_indexes([
-                // `?author=` in creation order, and every author summary.
-                index(doc! { "authorKey": 1, "createdAt": 1, "_id": 1 }),
-                index(doc! { "createdAt": 1, "_id": 1 }),
-                index(doc! { "title": 1, "_id": 1 }),
-                index(doc! { "publishedYear": 1, "_id": 1 }),
-            ])
-            .await?;
+        for keys in [
+            // `?author=` in creation order, and every author summary.
+            doc! { "authorKey": 1, "createdAt": 1, "_id": 1 },
+            doc! { "createdAt": 1, "_id": 1 },
+            doc! { "title": 1, "_id": 1 },
+            doc! { "publishedYear": 1, "_id": 1 },
+        ] {
+            self.books
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Gives the author keys to books written before the read model kept
+    /// them (documents without `authorKeys`), each guarded by its version
+    /// so a concurrent apply wins; returns the keys given, whose summaries
+    /// must then be computed. A replay cannot do this: its events are no
+    /// newer than the books.
+    pub async fn backfill_author_keys(&self) -> anyhow::Result<Vec<String>> {
+        let documents: Vec<BookDocument> = self
+            .books
+            .clone_with_type::<BookDocument>()
+            .find(doc! { "authorKeys": { "$exists": false } })
+            .await?
+            .try_collect()
+            .await?;
+        let mut keys = std::collections::BTreeSet::new();
+        for document in documents {
+            let (id, version) = (document.id, document.version);
+            let set = match document.into_stored() {
+                Ok(StoredBook::Live(book)) => {
+                    let key = book.state.author.key();
+                    keys.insert(key.clone());
+                    doc! { "authorKey": &key, "authorKeys": [&key] }
+                }
+                Ok(StoredBook::Deleted { .. }) => doc! { "authorKeys": [] },
+                Err(error) => {
+                    tracing::warn!(%error, "cannot give author keys to an invalid book");
+                    continue;
+                }
+            };
+            let _locked = self.locks.lock(&id).await;
+            self.books
+                .update_one(
+                    doc! { "_id": id, "version": version, "authorKeys": { "$exists": false } },
+                    doc! { "$set": set },
+                )
+                .await?;
+        }
+        if !keys.is_empty() {
+            tracing::info!(
+                books = keys.len(),
+                "gave author keys to books of an older read model"
+            );
+        }
+        Ok(keys.into_iter().collect())
     }
 
     /// Applies `event` if it is newer than what the read model holds.

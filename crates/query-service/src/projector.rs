@@ -1,6 +1,6 @@
 //! Everything one event changes on the query side, in the order that makes
-//! an acknowledged event visible everywhere: the read-model book, the
-//! summaries of the authors it had, then the cache. The consumer
+//! an acknowledged event visible everywhere: the read-model book, its
+//! cached JSON, then the summaries of the authors it had. The consumer
 //! acknowledges the event only once all three are written; a failure
 //! leaves it pending, and its redelivery (stale by then) redoes the last
 //! two from the read model.
@@ -32,12 +32,24 @@ impl Projector {
                 event.book_id
             );
         };
-        for key in &record.author_keys {
-            self.summaries.recompute(key).await?;
-        }
+        // The cache first: a summary that fails to converge must not keep
+        // reads of the book itself behind.
         self.cache
             .put(&event.book_id, &Cached::from(&record.current))
             .await?;
+        for key in &record.author_keys {
+            self.summaries.recompute(key).await?;
+        }
         Ok(applied)
+    }
+
+    /// Readies the read model: its indexes, and the author keys and
+    /// summaries of books an older version of the service wrote.
+    pub async fn prepare(&self) -> anyhow::Result<()> {
+        self.read_model.ensure_indexes().await?;
+        for key in self.read_model.backfill_author_keys().await? {
+            self.summaries.recompute(&key).await?;
+        }
+        Ok(())
     }
 }

@@ -409,3 +409,38 @@ async fn an_event_redelivered_after_a_crash_between_writes_completes_the_summary
     );
     assert_eq!(app.cache_entry(book.id.as_str()).await["v"], "1");
 }
+
+#[tokio::test]
+async fn books_of_an_older_read_model_get_their_author_and_summary_at_start() {
+    // A document as the first release wrote it: no author keys.
+    let settings = crate::helpers::test_settings().await;
+    let db = test_support::mongo_database(&settings.database).await;
+    let id = bson::oid::ObjectId::new();
+    let now = bson::DateTime::now();
+    db.collection::<bson::Document>("books")
+        .insert_one(bson::doc! {
+            "_id": id, "title": "Persuasion", "author": "Jane Austen", "publishedYear": 1817,
+            "createdAt": now, "updatedAt": now, "version": 1_i64, "deleted": false,
+        })
+        .await
+        .unwrap();
+
+    let app = crate::helpers::spawn_cleaned_app_with(settings).await;
+
+    let summary = test_support::eventually(
+        "the summary of the older book's author",
+        crate::helpers::DEADLINE,
+        || async {
+            let response = app.get_author("jane austen").await;
+            (response.status() == 200).then_some(())?;
+            response.json::<Value>().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(summary["bookCount"], 1);
+    assert_eq!(summary["titles"], json!(["Persuasion"]));
+    assert_eq!(
+        app.list_titles(&[("author", "JANE AUSTEN")]).await,
+        ["Persuasion"]
+    );
+}

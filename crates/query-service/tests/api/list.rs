@@ -428,3 +428,33 @@ async fn paging_neither_skips_nor_repeats_a_book_while_books_are_added() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_indexes_are_created_again_on_a_read_model_that_has_them() {
+    // As at every restart of the service on an existing read model.
+    let app = spawn_app().await;
+    let read_model = query_service::projection::ReadModel::new(&app.db);
+    read_model.ensure_indexes().await.expect("first creation");
+    read_model
+        .ensure_indexes()
+        .await
+        .expect("creating existing indexes again");
+
+    let names = app
+        .db
+        .collection::<bson::Document>("books")
+        .list_index_names()
+        .await
+        .expect("listIndexes");
+    for index in [
+        "authorKey_1_createdAt_1__id_1",
+        "createdAt_1__id_1",
+        "title_1__id_1",
+        "publishedYear_1__id_1",
+    ] {
+        assert!(
+            names.iter().any(|n| n == index),
+            "{index} missing from {names:?}"
+        );
+    }
+}
