@@ -2,8 +2,8 @@
 //! the read model's books share these fields, and both keep a deleted book
 //! as a versioned tombstone.
 
+use bson::{oid::ObjectId, DateTime};
 use domain::{Author, Book, BookId, BookState, PublishedYear, Title};
-use mongodb::bson::{oid::ObjectId, DateTime};
 use serde::Deserialize;
 
 /// The fields of a stored book document that make up a `Book`.
@@ -102,9 +102,9 @@ impl BookDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::{doc, from_document};
+    use bson::{doc, from_document};
 
-    fn document(extra: mongodb::bson::Document) -> BookDocument {
+    fn document(extra: bson::Document) -> BookDocument {
         let mut base = doc! {
             "_id": ObjectId::new(),
             "version": 3_i64,

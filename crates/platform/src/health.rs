@@ -1,9 +1,7 @@
 //! Liveness and readiness answers. Liveness (`/healthz`) never touches a
 //! dependency; readiness (`/readyz`) pings each one with a short timeout.
 
-use std::time::Duration;
-
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
     extract::{FromRef, State},
@@ -54,6 +52,7 @@ pub struct Health {
     responses(
         (status = 200, description = "Every dependency answers", body = Health),
         (status = 503, description = "A dependency does not answer", body = Health),
+        crate::openapi::Unexpected,
     )
 )]
 async fn readiness(State(mut deps): State<Dependencies>) -> (StatusCode, Json<Health>) {
@@ -66,7 +65,10 @@ async fn readiness(State(mut deps): State<Dependencies>) -> (StatusCode, Json<He
     get,
     path = "/healthz",
     tag = "health",
-    responses((status = 200, description = "The service is alive", body = Health))
+    responses(
+        (status = 200, description = "The service is alive", body = Health),
+        crate::openapi::Unexpected,
+    )
 )]
 async fn liveness() -> Json<Health> {
     Json(Health {

@@ -79,8 +79,17 @@ mod tests {
     #[tokio::test]
     async fn locking_many_documents_takes_each_stripe_once() {
         let locks = DocumentLocks::new(2);
-        // More keys than stripes: a stripe taken twice would deadlock.
-        let guards = locks.lock_all(["a", "b", "c", "d", "a"]).await;
-        assert!(guards.len() <= 2);
+        let keys = ["a", "b", "c", "d", "a"];
+        let mut stripes: Vec<usize> = keys.iter().map(|k| locks.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // More keys than stripes: a stripe taken twice would never return.
+        let guards = tokio::time::timeout(Duration::from_secs(5), locks.lock_all(keys))
+            .await
+            .expect("each stripe is locked once");
+        assert_eq!(guards.len(), stripes.len());
+        drop(guards);
+        let again = tokio::time::timeout(Duration::from_secs(5), locks.lock(&"a")).await;
+        assert!(again.is_ok(), "dropping the guards releases the stripes");
     }
 }

@@ -10,6 +10,15 @@ use bytes::Bytes;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+/// The answer any route gives when something unexpected fails; listed in
+/// every operation of the documents.
+#[derive(utoipa::IntoResponses)]
+pub enum Unexpected {
+    /// Something unexpected failed; the details are in the server log only
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(crate::Problem),
+}
+
 /// The document, serialized once at start.
 #[derive(Clone)]
 struct Document(Bytes);
@@ -19,7 +28,10 @@ struct Document(Bytes);
     get,
     path = "/openapi.json",
     tag = "meta",
-    responses((status = 200, description = "This service's OpenAPI 3.1 document", content_type = "application/json", body = Object))
+    responses(
+        (status = 200, description = "This service's OpenAPI 3.1 document", content_type = "application/json", body = Object),
+        Unexpected,
+    )
 )]
 async fn openapi_json(Extension(Document(json)): Extension<Document>) -> impl IntoResponse {
     (

@@ -2,12 +2,12 @@
 //! served as `application/problem+json`. Each kind of error has a stable
 //! `type` URI that clients may match on.
 
+use std::num::NonZeroU64;
+
 use axum::{
     http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use std::num::NonZeroU64;
-
 use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";

@@ -81,12 +81,19 @@ struct BookMergePatch {
 #[allow(dead_code)] // Describes answers; never built.
 #[derive(IntoResponses)]
 enum CommandProblems {
-    /// No accepted bearer token (`WWW-Authenticate` says how to send one)
-    #[response(status = 401, content_type = "application/problem+json")]
+    /// No accepted bearer token
+    #[response(
+        status = 401,
+        content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"books\"`, with `error=\"invalid_token\"` for a token not accepted"))
+    )]
     Unauthorized(Problem),
     /// MongoDB does not answer within the dependency timeout; retry later
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(Problem),
+    /// Something unexpected failed; the details are in the server log only
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
 }
 
 /// The problems of a command with a JSON body (OpenAPI only).
@@ -117,8 +124,12 @@ enum ChangeProblems {
     /// Concurrent writers kept changing the book; retry
     #[response(status = 409, content_type = "application/problem+json")]
     Conflict(Problem),
-    /// If-Match names another version; `currentVersion` (and the ETag header) say which is current
-    #[response(status = 412, content_type = "application/problem+json")]
+    /// If-Match names another version; `currentVersion` says which is current
+    #[response(
+        status = 412,
+        content_type = "application/problem+json",
+        headers(("ETag" = String, description = "The current version, quoted"))
+    )]
     PreconditionFailed(Problem),
 }
 

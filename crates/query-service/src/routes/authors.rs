@@ -27,6 +27,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         (status = 400, description = "The name is empty, too long or holds a control character", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The author has no live book", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+        platform::openapi::Unexpected,
     )
 )]
 #[tracing::instrument(name = "get_author", skip(summaries))]

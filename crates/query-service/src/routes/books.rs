@@ -13,7 +13,7 @@ use axum::{
 use domain::{Book, BookId};
 use platform::{
     http::{etag, PathParam, QueryParams},
-    problem::{FieldProblem, ProblemKind},
+    problem::{parse_book_id, ProblemKind},
     ApiError, Problem,
 };
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,7 @@ struct BookPage {
         (status = 200, description = "One page of books, and the cursor of the next one", body = BookPage),
         (status = 400, description = "A query parameter is unknown, of the wrong type, out of range, or a cursor of another query", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "MongoDB does not answer in time", body = Problem, content_type = "application/problem+json"),
+        platform::openapi::Unexpected,
     )
 )]
 #[tracing::instrument(name = "list_books", skip(read_model))]
@@ -186,6 +187,7 @@ struct GetParams {
         (status = 404, description = "No such book, or it was deleted (with `minVersion`: deleted at that version or later)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The read model did not reach `minVersion` in time (type `urn:books:problem:not-caught-up`, with `requiredVersion`, `currentVersion` and `Retry-After`), or MongoDB does not answer in time", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before asking again (not-caught-up only)"))),
+        platform::openapi::Unexpected,
     )
 )]
 #[tracing::instrument(name = "get_book", skip(state))]
@@ -194,14 +196,7 @@ async fn get_book(
     PathParam(id): PathParam<String>,
     QueryParams(params): QueryParams<GetParams>,
 ) -> Result<Response, ApiError> {
-    let id = BookId::parse(&id).map_err(|error| {
-        let mut problem = Problem::new(
-            ProblemKind::InvalidParameter,
-            format!("{id:?} is not a book id: {}", error.message),
-        );
-        problem.push_error(FieldProblem::from(&error));
-        problem
-    })?;
+    let id = parse_book_id(&id)?;
     let entry = match params.min_version {
         None => state.lookup.current(&id).await.map_err(store_error)?,
         Some(min) if min >= 1 => {

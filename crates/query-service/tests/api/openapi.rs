@@ -37,11 +37,14 @@ fn parameters(doc: &Value, path: &str) -> Vec<String> {
 async fn every_read_route_documents_each_status_it_answers() {
     let doc = document().await;
 
-    assert_eq!(statuses(&doc, "/books"), ["200", "400", "503"]);
-    assert_eq!(statuses(&doc, "/books/{id}"), ["200", "400", "404", "503"]);
+    assert_eq!(statuses(&doc, "/books"), ["200", "400", "500", "503"]);
+    assert_eq!(
+        statuses(&doc, "/books/{id}"),
+        ["200", "400", "404", "500", "503"]
+    );
     assert_eq!(
         statuses(&doc, "/authors/{author}"),
-        ["200", "400", "404", "503"]
+        ["200", "400", "404", "500", "503"]
     );
     assert_eq!(
         parameters(&doc, "/books"),
