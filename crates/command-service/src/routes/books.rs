@@ -242,18 +242,7 @@ async fn replace_book(
     headers: HeaderMap,
     JsonBody(body): JsonBody<BookBody>,
 ) -> Result<Response, ApiError> {
-    let id = parse_book_id(&id)?;
-    let precondition = IfMatch::from_headers(&headers)?;
-    let draft = body.parse()?;
-    let outcome = execute(
-        &state,
-        &id,
-        precondition.as_ref(),
-        traceparent(&headers),
-        Command::Replace(draft),
-    )
-    .await?;
-    Ok(outcome.into_response())
+    respond(&state, &id, &headers, || body.parse().map(Command::Replace)).await
 }
 
 /// Changes some of a book's fields.
@@ -288,18 +277,7 @@ async fn patch_book(
     headers: HeaderMap,
     JsonBody(body): JsonBody<BookMergePatch>,
 ) -> Result<Response, ApiError> {
-    let id = parse_book_id(&id)?;
-    let precondition = IfMatch::from_headers(&headers)?;
-    let patch = body.parse()?;
-    let outcome = execute(
-        &state,
-        &id,
-        precondition.as_ref(),
-        traceparent(&headers),
-        Command::Patch(patch),
-    )
-    .await?;
-    Ok(outcome.into_response())
+    respond(&state, &id, &headers, || body.parse().map(Command::Patch)).await
 }
 
 /// Deletes a book.
@@ -328,17 +306,7 @@ async fn delete_book(
     PathParam(id): PathParam<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = parse_book_id(&id)?;
-    let precondition = IfMatch::from_headers(&headers)?;
-    let outcome = execute(
-        &state,
-        &id,
-        precondition.as_ref(),
-        traceparent(&headers),
-        Command::Delete,
-    )
-    .await?;
-    Ok(outcome.into_response())
+    respond(&state, &id, &headers, || Ok(Command::Delete)).await
 }
 
 /// A change to an existing book.
@@ -369,6 +337,28 @@ impl IntoResponse for Outcome {
             }
         }
     }
+}
+
+/// Checks, in this order, the id, the `If-Match` header and the command
+/// (its body), then executes the command and answers with its outcome.
+async fn respond(
+    state: &AppState,
+    raw_id: &str,
+    headers: &HeaderMap,
+    command: impl FnOnce() -> Result<Command, domain::ValidationErrors>,
+) -> Result<Response, ApiError> {
+    let id = parse_book_id(raw_id)?;
+    let precondition = IfMatch::from_headers(headers)?;
+    let command = command()?;
+    let outcome = execute(
+        state,
+        &id,
+        precondition.as_ref(),
+        traceparent(headers),
+        command,
+    )
+    .await?;
+    Ok(outcome.into_response())
 }
 
 /// Reads the current version, checks the precondition, and writes the next
