@@ -43,6 +43,12 @@ pub struct Settings {
     /// How long `GET /books/{id}?minVersion=N` waits for version N before
     /// answering 503 (`READ_YOUR_WRITES_TIMEOUT_MS`, default 1000).
     pub read_your_writes_timeout: Duration,
+    /// How long an entry may stay pending at another consumer of the group
+    /// before this one claims it (`CLAIM_IDLE_MS`, default 60000).
+    pub claim_idle: Duration,
+    /// Deliveries after which an event that still fails to apply goes to
+    /// the dead-letter stream (`MAX_DELIVERIES`, default 10).
+    pub max_deliveries: u64,
 }
 
 impl Settings {
@@ -64,6 +70,8 @@ impl Settings {
             cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),
             cache_ttl: Duration::from_secs(env::parse("CACHE_TTL_SECS", 3600)?),
             read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,
+            claim_idle: env::millis("CLAIM_IDLE_MS", 60_000)?,
+            max_deliveries: env::parse("MAX_DELIVERIES", 10)?,
         })
     }
 }

@@ -6,8 +6,13 @@
 //!
 //! On start, and after any failure, the consumer first re-reads its own
 //! pending entries (delivered earlier but never acknowledged), then reads
-//! new ones. Failures back off and retry forever: nothing is acknowledged
-//! that the read model, the author summaries and the cache do not hold.
+//! new ones. Entries another consumer left pending for longer than
+//! `claim_idle` (a replica that died and never came back) are claimed with
+//! XAUTOCLAIM and handled the same way. Failures back off and retry; an
+//! entry that has failed `max_deliveries` deliveries is dead-lettered with
+//! the last error, so one event cannot hold the others back. Nothing is
+//! acknowledged that the read model, the author summaries and the cache do
+//! not hold.
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
@@ -43,6 +48,11 @@ pub struct Consumer {
     pub batch: usize,
     pub block: Duration,
     pub timeout: Duration,
+    /// How long an entry stays pending at another consumer before this one
+    /// claims it.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry that still fails is dead-lettered.
+    pub max_deliveries: u64,
 }
 
 /// Where the next read starts: our own pending entries after this id, or
@@ -161,7 +171,14 @@ impl Consumer {
         *backoff = MIN_BACKOFF;
         let mut cursor = Cursor::Pending("0".to_owned());
         let mut failures = 0u32;
+        let mut next_claim = tokio::time::Instant::now();
         loop {
+            if cursor == Cursor::New && tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now() + (self.claim_idle / 2).max(MIN_BACKOFF);
+                if self.claim_abandoned(&mut connection).await? > 0 {
+                    cursor = Cursor::Pending("0".to_owned());
+                }
+            }
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP")
                 .arg(&self.group)
@@ -188,7 +205,13 @@ impl Consumer {
                 continue;
             }
             let last_id = entries.last().map(|e| e.id.clone()).unwrap_or_default();
-            let retry = self.handle(&mut connection, entries).await;
+            // Entries read from the pending list have been delivered before:
+            // how often decides when a failing one is given up.
+            let deliveries = match cursor {
+                Cursor::Pending(_) => self.deliveries(&mut connection, &entries).await?,
+                Cursor::New => HashMap::new(),
+            };
+            let retry = self.handle(&mut connection, entries, &deliveries).await;
             // Also after a failure: some entries of the batch may be done.
             self.batches.send_modify(|n| *n = n.wrapping_add(1));
             let retry = retry?;
@@ -216,12 +239,73 @@ impl Consumer {
         }
     }
 
+    /// Claims for this consumer the entries other consumers have left
+    /// pending for longer than `claim_idle`; returns how many.
+    async fn claim_abandoned(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> anyhow::Result<usize> {
+        let mut start = "0-0".to_owned();
+        let mut claimed = 0;
+        loop {
+            // Reply: [next start, [claimed ids], [ids deleted meanwhile]].
+            let (next, ids, ..): (String, Vec<String>, Vec<Value>) = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg(self.claim_idle.as_millis() as u64)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.batch)
+                .arg("JUSTID")
+                .query_async(connection)
+                .await?;
+            claimed += ids.len();
+            if next == "0-0" {
+                break;
+            }
+            start = next;
+        }
+        if claimed > 0 {
+            tracing::info!(claimed, idle = ?self.claim_idle, "claimed entries another consumer left pending");
+        }
+        Ok(claimed)
+    }
+
+    /// How many times each of these pending entries has been delivered
+    /// (this delivery included).
+    async fn deliveries(
+        &self,
+        connection: &mut MultiplexedConnection,
+        entries: &[redis::streams::StreamId],
+    ) -> anyhow::Result<HashMap<String, u64>> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(HashMap::new());
+        };
+        let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.name)
+            .query_async(connection)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|pending| (pending.id, pending.times_delivered as u64))
+            .collect())
+    }
+
     /// Applies a batch; acknowledges what is done and dead-letters what can
-    /// never be applied. Returns the first error of entries left for retry.
+    /// never be applied, or has failed `max_deliveries` deliveries. Returns
+    /// the first error of entries left for retry.
     async fn handle(
         &self,
         connection: &mut MultiplexedConnection,
         entries: Vec<redis::streams::StreamId>,
+        deliveries: &HashMap<String, u64>,
     ) -> anyhow::Result<Option<anyhow::Error>> {
         let outcomes: Vec<(String, HashMap<String, Value>, Outcome)> = stream::iter(entries)
             .map(|entry| async move {
@@ -239,6 +323,18 @@ impl Consumer {
         let mut acked = 0usize;
         let mut first_error = None;
         for (id, fields, outcome) in outcomes {
+            let outcome = match outcome {
+                Outcome::Retry(error)
+                    if !is_outage(&error)
+                        && deliveries.get(&id).copied().unwrap_or(1) >= self.max_deliveries =>
+                {
+                    Outcome::DeadLetter(format!(
+                        "failed {} deliveries; last error: {error:#}",
+                        self.max_deliveries
+                    ))
+                }
+                other => other,
+            };
             match outcome {
                 Outcome::Done => {}
                 Outcome::DeadLetter(reason) => {
@@ -299,4 +395,17 @@ impl Consumer {
             Err(error) => Outcome::Retry(error),
         }
     }
+}
+
+/// Whether `error` comes from MongoDB or Redis being unreachable: an outage
+/// delays events, it never makes them dead letters.
+fn is_outage(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<mongodb::error::Error>()
+            .is_some_and(platform::error::is_unavailable)
+            || cause
+                .downcast_ref::<redis::RedisError>()
+                .is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+    })
 }

@@ -59,6 +59,8 @@ impl Application {
             batch: settings.batch,
             block: settings.block,
             timeout: settings.dependency_timeout,
+            claim_idle: settings.claim_idle,
+            max_deliveries: settings.max_deliveries.max(1),
         };
         let state = AppState {
             lookup: BookLookup {

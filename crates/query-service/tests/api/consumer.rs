@@ -5,7 +5,8 @@ use serde_json::Value;
 use test_support::{eventually, redis_connection, TcpProxy};
 
 use crate::helpers::{
-    deleted, new_book, spawn_app, spawn_app_with, test_settings, updated, xadd_event, DEADLINE,
+    deleted, new_book, new_book_by, spawn_app, spawn_app_with, spawn_cleaned_app_with,
+    test_settings, updated, xadd_event, DEADLINE,
 };
 
 #[tokio::test]
@@ -202,15 +203,33 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
     let mut settings = test_settings().await;
     let proxy = TcpProxy::in_front_of_mongo().await;
     settings.mongo_url = platform::RedactedUrl::new(proxy.url());
+    // An outage never makes dead letters, however many deliveries it takes.
+    settings.max_deliveries = 1;
     let app = spawn_app_with(settings).await;
 
     proxy.cut();
     let book = new_book("Through the outage");
     app.publish(&BookEvent::created(&book, None)).await;
     eventually(
-        "the event delivered but not acknowledged",
+        "the event delivered again after a failed apply, not acknowledged",
         DEADLINE,
-        || async { (app.pending_count().await == 1).then_some(()) },
+        || async {
+            let mut redis = app.redis.clone();
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&app.settings.stream)
+                .arg(&app.settings.group)
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            pending
+                .ids
+                .iter()
+                .any(|entry| entry.times_delivered >= 2)
+                .then_some(())
+        },
     )
     .await;
 
@@ -221,4 +240,108 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
     })
     .await
     .expect("applied after MongoDB returned");
+    let mut redis = app.redis.clone();
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(&app.settings.dead_letter_stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "an outage is not a reason to give an event up");
+}
+
+#[tokio::test]
+async fn entries_a_vanished_consumer_left_pending_are_claimed_and_applied() {
+    let mut settings = test_settings().await;
+    settings.claim_idle = std::time::Duration::from_millis(200);
+    let mut redis = redis_connection().await;
+    let book = new_book("Left pending");
+    // Another replica read the event, then died before acknowledging it.
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&settings.stream)
+        .arg(&settings.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    xadd_event(
+        &mut redis,
+        &settings.stream,
+        &BookEvent::created(&book, None),
+    )
+    .await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&settings.group)
+        .arg("vanished-replica")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&settings.stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let app = spawn_cleaned_app_with(settings).await;
+
+    app.wait_for_version(book.id.as_str(), 1).await;
+    eventually("nothing left pending", DEADLINE, || async {
+        (app.pending_count().await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_is_dead_lettered_after_the_configured_deliveries() {
+    let mut settings = test_settings().await;
+    settings.max_deliveries = 3;
+    let app = spawn_cleaned_app_with(settings).await;
+    // A book of the same author that cannot be read: the author's summary
+    // cannot be computed, so applying the event fails at every delivery.
+    let book = new_book("Doomed");
+    app.db
+        .collection::<bson::Document>("books")
+        .insert_one(bson::doc! {
+            "_id": bson::oid::ObjectId::new(),
+            "authorKey": book.state.author.key(),
+            "deleted": false,
+            "version": 1_i64,
+            "title": 42,
+        })
+        .await
+        .unwrap();
+    let source = app.publish(&BookEvent::created(&book, None)).await;
+    let other = new_book_by("Unaffected", "Frank Herbert", 1965);
+    app.publish(&BookEvent::created(&other, None)).await;
+
+    // The other event is not held back, and the failing one ends up dead.
+    app.wait_for_version(other.id.as_str(), 1).await;
+    let reason = eventually(
+        "the failing event in the dead-letter stream",
+        DEADLINE,
+        || async {
+            let mut redis = app.redis.clone();
+            let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&app.settings.dead_letter_stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            let entry = dead.ids.into_iter().next()?;
+            assert_eq!(
+                entry.get::<String>("sourceId").as_deref(),
+                Some(source.as_str())
+            );
+            entry.get::<String>("reason")
+        },
+    )
+    .await;
+    assert!(reason.starts_with("failed 3 deliveries"), "{reason}");
+    eventually("nothing left pending", DEADLINE, || async {
+        (app.pending_count().await == 0).then_some(())
+    })
+    .await;
 }

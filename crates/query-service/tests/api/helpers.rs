@@ -48,6 +48,8 @@ pub(crate) async fn test_settings() -> Settings {
         cache_prefix: format!("{}:", unique("cache")),
         cache_ttl: Duration::from_secs(3600),
         read_your_writes_timeout: Duration::from_secs(1),
+        claim_idle: Duration::from_secs(60),
+        max_deliveries: 10,
     }
 }
 
