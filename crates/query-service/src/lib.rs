@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod listing;
 pub mod lookup;
 pub mod projection;

@@ -345,3 +345,62 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_configured_deliv
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_and_applied_when_redriven_after_its_cause_is_fixed() {
+    let mut settings = test_settings().await;
+    settings.max_deliveries = 2;
+    let app = spawn_cleaned_app_with(settings).await;
+    let book = new_book("Second chance");
+    let broken = bson::oid::ObjectId::new();
+    let books = app.db.collection::<bson::Document>("books");
+    books
+        .insert_one(bson::doc! {
+            "_id": broken,
+            "authorKey": book.state.author.key(),
+            "deleted": false,
+            "version": 1_i64,
+            "title": 42,
+        })
+        .await
+        .unwrap();
+    let event = BookEvent::created(&book, None);
+    let source = app.publish(&event).await;
+    let dead_letters = query_service::dead_letters::DeadLetters {
+        redis: app.redis.clone(),
+        stream: app.settings.stream.clone(),
+        dead_letter_stream: app.settings.dead_letter_stream.clone(),
+    };
+
+    let letter = eventually("the event dead-lettered", DEADLINE, || async {
+        dead_letters.list().await.ok()?.into_iter().next()
+    })
+    .await;
+    assert_eq!(letter.source_id, source);
+    assert!(
+        letter.reason.starts_with("failed 2 deliveries"),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(
+        letter.fields,
+        [
+            ("data".to_owned(), event.to_json()),
+            ("type".to_owned(), "bookCreated".to_owned())
+        ]
+        .into()
+    );
+
+    // The cause fixed, the re-driven event goes through.
+    books
+        .delete_one(bson::doc! { "_id": broken })
+        .await
+        .unwrap();
+    assert_eq!(dead_letters.redrive(&[]).await.unwrap(), 1);
+    app.wait_until_consumed().await;
+    assert_eq!(
+        app.get_author(book.state.author.as_str()).await.status(),
+        200
+    );
+    assert!(dead_letters.list().await.unwrap().is_empty());
+}
