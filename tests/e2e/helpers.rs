@@ -161,6 +161,8 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     query.block = Duration::from_millis(200);
     query.batch = 256;
     query.dependency_timeout = Duration::from_secs(1);
+    // These tests count the entries of the stream: keep them all.
+    query.trim_interval = Duration::ZERO;
     let query_service = start_query(query.clone()).await;
 
     let mut command = CommandSettings::from_env().expect("command settings");

@@ -49,6 +49,10 @@ pub struct Settings {
     /// Deliveries after which an event that still fails to apply goes to
     /// the dead-letter stream (`MAX_DELIVERIES`, default 10).
     pub max_deliveries: u64,
+    /// How often the stream is trimmed of the entries every consumer group
+    /// has acknowledged (`STREAM_TRIM_INTERVAL_MS`, default 10000; 0 never
+    /// trims).
+    pub trim_interval: Duration,
 }
 
 impl Settings {
@@ -72,6 +76,7 @@ impl Settings {
             read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,
             claim_idle: env::millis("CLAIM_IDLE_MS", 60_000)?,
             max_deliveries: env::parse("MAX_DELIVERIES", 10)?,
+            trim_interval: env::millis("STREAM_TRIM_INTERVAL_MS", 10_000)?,
         })
     }
 }

@@ -13,6 +13,11 @@
 //! the last error, so one event cannot hold the others back. Nothing is
 //! acknowledged that the read model, the author summaries and the cache do
 //! not hold.
+//!
+//! Every `trim_interval` the consumer trims the stream of the entries every
+//! consumer group has acknowledged (XTRIM MINID), so Redis memory stays
+//! bounded; an entry some group has not acknowledged, or not yet read, is
+//! never trimmed.
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
@@ -53,6 +58,9 @@ pub struct Consumer {
     pub claim_idle: Duration,
     /// Deliveries after which an entry that still fails is dead-lettered.
     pub max_deliveries: u64,
+    /// How often the stream is trimmed of what every group acknowledged;
+    /// zero never trims.
+    pub trim_interval: Duration,
 }
 
 /// Where the next read starts: our own pending entries after this id, or
@@ -172,7 +180,12 @@ impl Consumer {
         let mut cursor = Cursor::Pending("0".to_owned());
         let mut failures = 0u32;
         let mut next_claim = tokio::time::Instant::now();
+        let mut next_trim = tokio::time::Instant::now() + self.trim_interval;
         loop {
+            if !self.trim_interval.is_zero() && tokio::time::Instant::now() >= next_trim {
+                next_trim = tokio::time::Instant::now() + self.trim_interval;
+                self.trim(&mut connection).await?;
+            }
             if cursor == Cursor::New && tokio::time::Instant::now() >= next_claim {
                 next_claim = tokio::time::Instant::now() + (self.claim_idle / 2).max(MIN_BACKOFF);
                 if self.claim_abandoned(&mut connection).await? > 0 {
@@ -248,8 +261,9 @@ impl Consumer {
         let mut start = "0-0".to_owned();
         let mut claimed = 0;
         loop {
-            // Reply: [next start, [claimed ids], [ids deleted meanwhile]].
-            let (next, ids, ..): (String, Vec<String>, Vec<Value>) = redis::cmd("XAUTOCLAIM")
+            // Reply: [next start, [claimed ids]] (and, since Redis 7, the
+            // ids deleted meanwhile).
+            let reply: Vec<Value> = redis::cmd("XAUTOCLAIM")
                 .arg(&self.stream)
                 .arg(&self.group)
                 .arg(&self.name)
@@ -260,6 +274,12 @@ impl Consumer {
                 .arg("JUSTID")
                 .query_async(connection)
                 .await?;
+            let mut reply = reply.into_iter();
+            let (Some(next), Some(ids)) = (reply.next(), reply.next()) else {
+                anyhow::bail!("unexpected XAUTOCLAIM reply");
+            };
+            let next: String = redis::from_redis_value(next)?;
+            let ids: Vec<String> = redis::from_redis_value(ids)?;
             claimed += ids.len();
             if next == "0-0" {
                 break;
@@ -270,6 +290,50 @@ impl Consumer {
             tracing::info!(claimed, idle = ?self.claim_idle, "claimed entries another consumer left pending");
         }
         Ok(claimed)
+    }
+
+    /// Removes from the stream every entry that every consumer group has
+    /// acknowledged: those older than the oldest entry some group still
+    /// holds pending, or has not read yet.
+    async fn trim(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(connection)
+            .await?;
+        let mut keep_from: Option<StreamId> = None;
+        for group in &groups.groups {
+            let needed = if group.pending > 0 {
+                // Summary form: [count, smallest id, greatest id, consumers].
+                let (_, smallest, ..): (u64, String, Value, Value) = redis::cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&group.name)
+                    .query_async(connection)
+                    .await?;
+                StreamId::parse(&smallest)
+            } else {
+                // Everything up to the last delivered entry is acknowledged;
+                // it stays, as the stream's last known position.
+                StreamId::parse(&group.last_delivered_id)
+            };
+            let Some(needed) = needed else {
+                return Ok(());
+            };
+            keep_from = Some(keep_from.map_or(needed, |k| k.min(needed)));
+        }
+        let Some(keep_from) = keep_from else {
+            return Ok(());
+        };
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&self.stream)
+            .arg("MINID")
+            .arg(keep_from.to_string())
+            .query_async(connection)
+            .await?;
+        if trimmed > 0 {
+            tracing::debug!(trimmed, keep_from = %keep_from, "trimmed acknowledged entries from the stream");
+        }
+        Ok(())
     }
 
     /// How many times each of these pending entries has been delivered
@@ -408,4 +472,37 @@ fn is_outage(error: &anyhow::Error) -> bool {
                 .downcast_ref::<redis::RedisError>()
                 .is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
     })
+}
+
+/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(raw: &str) -> Option<Self> {
+        let (ms, seq) = raw.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_by_time_then_sequence() {
+        let id = |raw| StreamId::parse(raw).unwrap();
+        assert!(id("1-9") < id("2-0"));
+        assert!(id("2-1") < id("2-10"));
+        assert_eq!(id("1700000000000-3").to_string(), "1700000000000-3");
+        assert_eq!(StreamId::parse("0"), None);
+        assert_eq!(StreamId::parse("a-b"), None);
+    }
 }

@@ -61,6 +61,7 @@ impl Application {
             timeout: settings.dependency_timeout,
             claim_idle: settings.claim_idle,
             max_deliveries: settings.max_deliveries.max(1),
+            trim_interval: settings.trim_interval,
         };
         let state = AppState {
             lookup: BookLookup {

@@ -404,3 +404,81 @@ async fn a_dead_letter_is_listed_and_applied_when_redriven_after_its_cause_is_fi
     );
     assert!(dead_letters.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_stream_is_trimmed_of_what_every_group_acknowledged_and_nothing_else() {
+    let mut settings = test_settings().await;
+    settings.trim_interval = std::time::Duration::from_millis(100);
+    let mut redis = redis_connection().await;
+    // Another group reads the same stream, more slowly.
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&settings.stream)
+        .arg("audit")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let app = spawn_cleaned_app_with(settings).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            app.publish(&BookEvent::created(&new_book(&format!("Book {n}")), None))
+                .await,
+        );
+    }
+    app.wait_until_consumed().await;
+    let length = || async {
+        let mut redis = app.redis.clone();
+        redis::cmd("XLEN")
+            .arg(&app.settings.stream)
+            .query_async::<u64>(&mut redis)
+            .await
+            .unwrap()
+    };
+
+    // The other group has read three entries and acknowledged the first:
+    // the second is pending there, the last two unread.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("auditor")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&app.settings.stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let ack = |id: String| {
+        let mut redis = redis.clone();
+        let stream = app.settings.stream.clone();
+        async move {
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg("audit")
+                .arg(id)
+                .query_async::<u64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    ack(ids[0].clone()).await;
+    eventually(
+        "the first entry trimmed, none after it",
+        DEADLINE,
+        || async { (length().await == 4).then_some(()) },
+    )
+    .await;
+
+    ack(ids[1].clone()).await;
+    ack(ids[2].clone()).await;
+    eventually(
+        "entries up to the other group's position trimmed",
+        DEADLINE,
+        || async { (length().await == 3).then_some(()) },
+    )
+    .await;
+}

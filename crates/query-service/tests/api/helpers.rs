@@ -50,6 +50,7 @@ pub(crate) async fn test_settings() -> Settings {
         read_your_writes_timeout: Duration::from_secs(1),
         claim_idle: Duration::from_secs(60),
         max_deliveries: 10,
+        trim_interval: Duration::ZERO,
     }
 }
 
