@@ -26,6 +26,10 @@ pub struct Settings {
     /// How often the relay looks for events left pending
     /// (`OUTBOX_SWEEP_INTERVAL_MS`, default 1000).
     pub outbox_sweep_interval: Duration,
+    /// How long the sweep's lease lasts without renewal: how soon another
+    /// replica takes the sweep over when its holder dies
+    /// (`RELAY_LEASE_MS`, default 10000).
+    pub relay_lease: Duration,
     /// Base URL of the query service, for the `Location` of created books
     /// (`QUERY_BASE_URL`, default `http://localhost:5001`).
     pub query_base_url: String,
@@ -47,6 +51,7 @@ impl Settings {
             stream: env::string("EVENTS_STREAM", "books:events"),
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
             outbox_sweep_interval: env::millis("OUTBOX_SWEEP_INTERVAL_MS", 1000)?,
+            relay_lease: env::millis("RELAY_LEASE_MS", 10_000)?,
             query_base_url: env::string("QUERY_BASE_URL", "http://localhost:5001")
                 .trim_end_matches('/')
                 .to_owned(),

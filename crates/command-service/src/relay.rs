@@ -9,6 +9,12 @@
 //! dropped when the channel was full. A crash between the append and the
 //! clear re-sends the event: delivery is at-least-once, and the query side
 //! is idempotent.
+//!
+//! With several replicas, only the holder of a lease in Redis sweeps, so a
+//! backlog is published once rather than once per replica. The lease
+//! expires when its holder stops renewing it (a crash), and another replica
+//! takes the sweep over; each replica still publishes its own new events at
+//! once.
 
 use std::time::Duration;
 
@@ -33,6 +39,38 @@ const CHANNEL_CAPACITY: usize = 4096;
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Takes the lease when it is free, or renews it when this replica holds
+/// it; answers 1 when this replica holds it afterwards.
+const HOLD_LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Gives the lease up if this replica holds it.
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Which pending events a sweep takes.
+#[derive(Debug, Clone, Copy)]
+enum Cutoff {
+    /// Those added before this time.
+    Before(chrono::DateTime<Utc>),
+    /// Those added longer than this ago.
+    OlderThan(Duration),
+}
 
 /// A freshly written event, handed to the relay by the request that wrote it.
 #[derive(Debug)]
@@ -66,34 +104,54 @@ pub struct Relay {
     stream: String,
     sweep_interval: Duration,
     receiver: mpsc::Receiver<Outgoing>,
+    lease: Lease,
+}
+
+/// The sweep's lease: a Redis key holding the id of the replica that
+/// sweeps, with an expiry.
+struct Lease {
+    key: String,
+    holder: String,
+    ttl: Duration,
 }
 
 impl Relay {
+    /// A relay whose sweep holds the lease `<stream>:relay-lease` for
+    /// `lease_ttl` at a time.
     pub fn new(
         store: BookStore,
         redis: ConnectionManager,
         stream: String,
         sweep_interval: Duration,
+        lease_ttl: Duration,
     ) -> (Self, OutboxNotifier) {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let lease = Lease {
+            key: format!("{stream}:relay-lease"),
+            holder: ObjectId::new().to_hex(),
+            ttl: lease_ttl,
+        };
         let relay = Self {
             store,
             redis,
             stream,
             sweep_interval,
             receiver,
+            lease,
         };
         (relay, OutboxNotifier(sender))
     }
 
-    /// Runs until `shutdown` is cancelled. Sweeps once at start (with no
-    /// grace: nothing of this process is in flight yet), then publishes new
-    /// events as they come and sweeps on a timer, backing off while a
-    /// dependency is down.
+    /// Runs until `shutdown` is cancelled. Sweeps once at start (everything
+    /// pending from before this process started), then publishes new events
+    /// as they come and sweeps on a timer, backing off while a dependency
+    /// is down. Only the holder of the lease sweeps.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.sweep_interval;
         let mut next_sweep = Instant::now();
-        let mut grace = Duration::ZERO;
+        // The first sweep takes what was pending before this process
+        // started, however recent; later ones what is older than the grace.
+        let mut cutoff = Cutoff::Before(Utc::now());
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
@@ -102,14 +160,14 @@ impl Relay {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
-                    match self.sweep(grace).await {
+                    match self.sweep_if_leased(cutoff).await {
                         Ok(()) => backoff = self.sweep_interval,
                         Err(error) => {
                             tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "outbox sweep failed");
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
-                    grace = SWEEP_GRACE;
+                    cutoff = Cutoff::OlderThan(SWEEP_GRACE);
                     next_sweep = Instant::now() + backoff;
                 }
                 received = self.receiver.recv_many(&mut batch, BATCH) => {
@@ -129,6 +187,17 @@ impl Relay {
             if self.publish_new(&mut batch).await.is_err() {
                 break;
             }
+        }
+        // Another replica need not wait for the lease to expire.
+        let released: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(RELEASE_LEASE)
+            .arg(1)
+            .arg(&self.lease.key)
+            .arg(&self.lease.holder)
+            .query_async(&mut self.redis)
+            .await;
+        if let Err(error) = released {
+            tracing::debug!(%error, "could not release the sweep lease; it expires by itself");
         }
         tracing::info!("outbox relay stopped");
     }
@@ -160,11 +229,31 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes every event still pending since before `now - grace`, in
-    /// batches, oldest first.
-    async fn sweep(&mut self, grace: Duration) -> anyhow::Result<()> {
+    /// Sweeps when this replica holds (or can take) the lease, renewing it.
+    async fn sweep_if_leased(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
+        let held: i64 = redis::cmd("EVAL")
+            .arg(HOLD_LEASE)
+            .arg(1)
+            .arg(&self.lease.key)
+            .arg(&self.lease.holder)
+            .arg(self.lease.ttl.as_millis() as u64)
+            .query_async(&mut self.redis)
+            .await?;
+        if held == 1 {
+            self.sweep(cutoff).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Publishes every event pending since before the cutoff, in batches,
+    /// oldest first.
+    async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
         loop {
-            let cutoff = Utc::now() - grace;
+            let cutoff = match cutoff {
+                Cutoff::Before(at) => at,
+                Cutoff::OlderThan(grace) => Utc::now() - grace,
+            };
             let pending = self.store.pending(cutoff, BATCH as i64).await?;
             let full = pending.len() == BATCH;
             if pending.is_empty() {

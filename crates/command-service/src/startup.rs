@@ -40,6 +40,7 @@ impl Application {
             redis.clone(),
             settings.stream.clone(),
             settings.outbox_sweep_interval,
+            settings.relay_lease,
         );
         let state = AppState {
             store,

@@ -38,10 +38,16 @@ pub(crate) async fn test_settings() -> Settings {
         stream: unique("events"),
         dependency_timeout: Duration::from_secs(1),
         outbox_sweep_interval: Duration::from_millis(100),
+        relay_lease: Duration::from_secs(10),
         query_base_url: "http://query.test".to_owned(),
         body_limit: 16 * 1024,
         api_tokens: ApiTokens::parse(&format!("other-token, {TOKEN}")),
     }
+}
+
+/// The Redis key of the relay's sweep lease.
+pub(crate) fn lease_key(settings: &Settings) -> String {
+    format!("{}:relay-lease", settings.stream)
 }
 
 /// A token the test settings accept.
@@ -52,7 +58,7 @@ pub(crate) async fn spawn_app() -> TestApp {
     let settings = test_settings().await;
     let cleanup = Cleanup::new(
         vec![settings.database.clone()],
-        vec![settings.stream.clone()],
+        vec![settings.stream.clone(), lease_key(&settings)],
     );
     let mut app = spawn_app_with(settings).await;
     app.app.clean_up_after(cleanup);
@@ -64,7 +70,7 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with_cleanup(settings: Settings) -> TestApp {
     let cleanup = Cleanup::new(
         vec![settings.database.clone()],
-        vec![settings.stream.clone()],
+        vec![settings.stream.clone(), lease_key(&settings)],
     );
     let mut app = spawn_app_with(settings).await;
     app.app.clean_up_after(cleanup);

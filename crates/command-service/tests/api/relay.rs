@@ -174,3 +174,90 @@ async fn stopping_gracefully_loses_no_event() {
     let events = wait_until_relayed(&restarted, 20).await;
     assert_eq!(events.len(), 20);
 }
+
+/// Stores `count` books whose events are still pending, as a replica that
+/// crashed before publishing would leave them.
+async fn leave_pending(settings: &command_service::config::Settings, count: usize) {
+    let db = test_support::mongo_database(&settings.database).await;
+    let store = command_service::store::BookStore::new(&db);
+    for n in 0..count {
+        let id = ObjectId::new();
+        let draft = BookDraft::parse(&format!("Backlog {n}"), "Frank Herbert", 1965).unwrap();
+        let book = Book::create(
+            BookId::parse(&id.to_hex()).unwrap(),
+            draft,
+            Utc::now().trunc_subsecs(3),
+        );
+        store
+            .insert(id, &book, &BookEvent::created(&book, None).to_json())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_publish_a_backlog_once() {
+    let settings = test_settings().await;
+    leave_pending(&settings, 50).await;
+
+    // Both start, and sweep, at once; only the lease holder publishes.
+    let first = crate::helpers::spawn_app_with_cleanup(settings.clone()).await;
+    let _second = spawn_app_with(settings).await;
+
+    let events = wait_until_relayed(&first, 50).await;
+    let ids: std::collections::HashSet<&str> = events
+        .iter()
+        .map(|(_, event)| event["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 50, "each pending event published once");
+}
+
+#[tokio::test]
+async fn the_sweep_is_taken_over_when_its_holder_stops_renewing_the_lease() {
+    let settings = test_settings().await;
+    let mut redis = test_support::redis_connection().await;
+    // A replica that held the lease and died: it expires by itself.
+    redis::cmd("SET")
+        .arg(crate::helpers::lease_key(&settings))
+        .arg("vanished-replica")
+        .arg("PX")
+        .arg(300)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    leave_pending(&settings, 3).await;
+
+    let app = crate::helpers::spawn_app_with_cleanup(settings).await;
+
+    wait_until_relayed(&app, 3).await;
+}
+
+#[tokio::test]
+async fn a_stopping_replica_gives_the_lease_up() {
+    let settings = test_settings().await;
+    let key = crate::helpers::lease_key(&settings);
+    let app = crate::helpers::spawn_app_with_cleanup(settings).await;
+    let mut redis = app.redis.clone();
+    eventually("the lease held", DEADLINE, || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            holder
+        }
+    })
+    .await;
+
+    app.stop().await;
+
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(holder, None);
+}
