@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod collection;
+mod corpus;
 mod delivery;
 mod helpers;
 mod idempotence;
