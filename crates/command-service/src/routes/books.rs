@@ -47,11 +47,21 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct BookBody {
-    #[schema(example = "Dune")]
+    #[schema(
+        example = "Dune",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     title: String,
-    #[schema(example = "Frank Herbert")]
+    #[schema(
+        example = "Frank Herbert",
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     author: String,
-    #[schema(example = 1965)]
+    #[schema(example = 1965, minimum = -3000, maximum = 2100)]
     published_year: i64,
 }
 
@@ -67,13 +77,13 @@ impl BookBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct BookMergePatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, example = "Dune Messiah")]
+    #[schema(value_type = String, required = false, example = "Dune Messiah", min_length = 1, max_length = 200, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     author: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>, example = 1969)]
+    #[schema(value_type = i64, required = false, example = 1969, minimum = -3000, maximum = 2100)]
     published_year: Option<Option<i64>>,
 }
 
@@ -223,8 +233,8 @@ async fn create_book(
     tag = "books",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
-        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`"),
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
+        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     request_body(content = BookBody, description = "The book's new content"),
     responses(
@@ -255,8 +265,8 @@ async fn replace_book(
     tag = "books",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
-        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`"),
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
+        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     request_body(description = "The fields to change", content(
         (BookMergePatch = "application/merge-patch+json"),
@@ -290,8 +300,8 @@ async fn patch_book(
     tag = "books",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits"),
-        ("If-Match" = Option<String>, Header, description = "Delete only this version: its ETag (`\"3\"`) or `*`"),
+        ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
+        ("If-Match" = Option<String>, Header, description = "Delete only this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     responses(
         (status = 204, description = "Deleted", headers(("ETag" = String, description = "The version the deletion made, quoted"))),

@@ -179,7 +179,7 @@ struct GetParams {
     get,
     path = "/books/{id}",
     tag = "books",
-    params(("id" = String, Path, description = "The book's id: 24 hexadecimal digits"), GetParams),
+    params(("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"), GetParams),
     responses(
         (status = 200, description = "The book", body = Book,
             headers(("ETag" = String, description = "The book's version, quoted: `\"3\"`"))),
