@@ -23,6 +23,10 @@ pub struct Settings {
     /// How long a MongoDB or Redis operation may wait for its server
     /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
     pub dependency_timeout: Duration,
+    /// How long a stop (SIGTERM) waits for in-flight requests and background
+    /// work before the process exits anyway (`SHUTDOWN_TIMEOUT_MS`, default
+    /// 10000).
+    pub shutdown_timeout: Duration,
     /// How often the relay looks for events left pending
     /// (`OUTBOX_SWEEP_INTERVAL_MS`, default 1000).
     pub outbox_sweep_interval: Duration,
@@ -50,6 +54,7 @@ impl Settings {
             redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
             stream: env::string("EVENTS_STREAM", "books:events"),
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+            shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
             outbox_sweep_interval: env::millis("OUTBOX_SWEEP_INTERVAL_MS", 1000)?,
             relay_lease: env::millis("RELAY_LEASE_MS", 10_000)?,
             query_base_url: env::string("QUERY_BASE_URL", "http://localhost:5001")

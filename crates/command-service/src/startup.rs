@@ -58,8 +58,12 @@ impl Application {
             );
         }
         let router = routes::router(state, settings.body_limit);
-        let server =
-            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router).await?;
+        let server = HttpServer::bind(
+            SocketAddr::new(settings.host, settings.port),
+            router,
+            settings.shutdown_timeout,
+        )
+        .await?;
         Ok(Self { server, relay })
     }
 

@@ -1,9 +1,15 @@
 //! The HTTP server of a service and the background work that lives as long
 //! as it: both stop on SIGINT/SIGTERM or when the shutdown token is
-//! cancelled, and the server returns only once the background work has
-//! finished.
+//! cancelled. The server stops accepting, lets in-flight requests and the
+//! background work finish, and returns once they have, or once the grace
+//! period is over, whichever comes first.
 
-use std::{future::Future, net::SocketAddr};
+use std::{
+    future::{Future, IntoFuture},
+    net::SocketAddr,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::Router;
@@ -14,11 +20,18 @@ pub struct HttpServer {
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    grace: Duration,
 }
 
 impl HttpServer {
-    /// Binds `address` (port 0 picks a free port).
-    pub async fn bind(address: SocketAddr, router: Router) -> anyhow::Result<Self> {
+    /// Binds `address` (port 0 picks a free port). Once told to stop, the
+    /// server gives in-flight requests and background work `grace` to
+    /// finish.
+    pub async fn bind(
+        address: SocketAddr,
+        router: Router,
+        grace: Duration,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
@@ -26,6 +39,7 @@ impl HttpServer {
             listener,
             router,
             shutdown: CancellationToken::new(),
+            grace,
         })
     }
 
@@ -41,8 +55,8 @@ impl HttpServer {
     }
 
     /// Serves, running `background` beside the server with the shutdown
-    /// token, until a signal or the token stops both; in-flight requests are
-    /// finished and `background` is awaited before returning.
+    /// token, until a signal or the token stops both; in-flight requests and
+    /// `background` then have the grace period to finish.
     pub async fn run<F>(
         self,
         name: &str,
@@ -55,6 +69,7 @@ impl HttpServer {
             listener,
             router,
             shutdown,
+            grace,
         } = self;
         tracing::info!(address = %listener.local_addr()?, "{name} listening");
         let tasks = TaskTracker::new();
@@ -64,9 +79,35 @@ impl HttpServer {
 
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+            .into_future();
+        // The grace period starts when the stop is asked for.
+        let stop_asked = OnceLock::new();
+        let grace_over = async {
+            shutdown.cancelled().await;
+            let _ = stop_asked.set(tokio::time::Instant::now());
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = served => served.context("HTTP server failed"),
+            () = grace_over => {
+                tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+                Ok(())
+            }
+        };
         shutdown.cancel();
-        tasks.wait().await;
-        served.context("HTTP server failed")
+        // What is left of the grace period goes to the background work (a
+        // consumer finishing its batch, the relay its publication); what it
+        // cannot finish is redelivered or republished after a restart.
+        let deadline = *stop_asked.get_or_init(tokio::time::Instant::now) + grace;
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "background work did not stop in time; stopping anyway"
+            );
+        }
+        served
     }
 }

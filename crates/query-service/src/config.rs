@@ -34,6 +34,10 @@ pub struct Settings {
     /// How long a MongoDB or Redis operation may wait for its server
     /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
     pub dependency_timeout: Duration,
+    /// How long a stop (SIGTERM) waits for in-flight requests and background
+    /// work before the process exits anyway (`SHUTDOWN_TIMEOUT_MS`, default
+    /// 10000).
+    pub shutdown_timeout: Duration,
     /// Prefix of the Redis keys of the book cache; the key of a book is the
     /// prefix followed by its id (`CACHE_KEY_PREFIX`, default `books:cache:`).
     pub cache_prefix: String,
@@ -71,6 +75,7 @@ impl Settings {
             batch: env::parse("CONSUMER_BATCH", 256)?,
             block: env::millis("CONSUMER_BLOCK_MS", 2000)?,
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+            shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
             cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),
             cache_ttl: Duration::from_secs(env::parse("CACHE_TTL_SECS", 3600)?),
             read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,

@@ -78,8 +78,12 @@ impl Application {
             },
         };
         let router = routes::router(state, BODY_LIMIT);
-        let server =
-            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router).await?;
+        let server = HttpServer::bind(
+            SocketAddr::new(settings.host, settings.port),
+            router,
+            settings.shutdown_timeout,
+        )
+        .await?;
         Ok(Self { server, consumer })
     }
 

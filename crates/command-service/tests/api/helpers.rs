@@ -37,6 +37,7 @@ pub(crate) async fn test_settings() -> Settings {
         redis_url: RedactedUrl::new(servers.redis_url.clone()),
         stream: unique("events"),
         dependency_timeout: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(10),
         outbox_sweep_interval: Duration::from_millis(100),
         relay_lease: Duration::from_secs(10),
         query_base_url: "http://query.test".to_owned(),

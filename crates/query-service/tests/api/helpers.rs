@@ -45,6 +45,7 @@ pub(crate) async fn test_settings() -> Settings {
         batch: 64,
         block: Duration::from_millis(200),
         dependency_timeout: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(10),
         cache_prefix: format!("{}:", unique("cache")),
         cache_ttl: Duration::from_secs(3600),
         read_your_writes_timeout: Duration::from_secs(1),

@@ -9,3 +9,4 @@ mod helpers;
 mod list;
 mod openapi;
 mod read_your_writes;
+mod shutdown;
