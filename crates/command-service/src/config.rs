@@ -46,6 +46,14 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
+        let outbox_sweep_interval = env::millis("OUTBOX_SWEEP_INTERVAL_MS", 1000)?;
+        let relay_lease = env::millis("RELAY_LEASE_MS", 10_000)?;
+        // The holder renews the lease at every sweep: a lease shorter than
+        // the interval would pass between replicas at every tick.
+        anyhow::ensure!(
+            relay_lease > outbox_sweep_interval,
+            "RELAY_LEASE_MS ({relay_lease:?}) must be longer than OUTBOX_SWEEP_INTERVAL_MS ({outbox_sweep_interval:?})"
+        );
         Ok(Self {
             host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env::parse("PORT", 5000)?,
@@ -55,8 +63,8 @@ impl Settings {
             stream: env::string("EVENTS_STREAM", "books:events"),
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
             shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
-            outbox_sweep_interval: env::millis("OUTBOX_SWEEP_INTERVAL_MS", 1000)?,
-            relay_lease: env::millis("RELAY_LEASE_MS", 10_000)?,
+            outbox_sweep_interval,
+            relay_lease,
             query_base_url: env::string("QUERY_BASE_URL", "http://localhost:5001")
                 .trim_end_matches('/')
                 .to_owned(),

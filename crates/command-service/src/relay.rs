@@ -160,7 +160,7 @@ impl Relay {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
-                    match self.sweep_if_leased(cutoff).await {
+                    match self.sweep(cutoff).await {
                         Ok(()) => backoff = self.sweep_interval,
                         Err(error) => {
                             tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "outbox sweep failed");
@@ -229,8 +229,9 @@ impl Relay {
         Ok(())
     }
 
-    /// Sweeps when this replica holds (or can take) the lease, renewing it.
-    async fn sweep_if_leased(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
+    /// Takes the lease when it is free or renews it when this replica holds
+    /// it; whether this replica holds it now.
+    async fn hold_lease(&mut self) -> redis::RedisResult<bool> {
         let held: i64 = redis::cmd("EVAL")
             .arg(HOLD_LEASE)
             .arg(1)
@@ -239,17 +240,17 @@ impl Relay {
             .arg(self.lease.ttl.as_millis() as u64)
             .query_async(&mut self.redis)
             .await?;
-        if held == 1 {
-            self.sweep(cutoff).await
-        } else {
-            Ok(())
-        }
+        Ok(held == 1)
     }
 
     /// Publishes every event pending since before the cutoff, in batches,
-    /// oldest first.
+    /// oldest first, while this replica holds the lease (renewed before
+    /// each batch, so a long backlog is not swept by two replicas at once).
     async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
         loop {
+            if !self.hold_lease().await? {
+                return Ok(());
+            }
             let cutoff = match cutoff {
                 Cutoff::Before(at) => at,
                 Cutoff::OlderThan(grace) => Utc::now() - grace,

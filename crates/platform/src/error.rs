@@ -45,12 +45,40 @@ impl From<mongodb::error::Error> for ApiError {
 /// as opposed to the server refusing the operation.
 pub fn is_unavailable(error: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
+    /// Server codes of a node shutting down, stepping down or failing over,
+    /// and of time limits: the same operation succeeds a moment later.
+    const TRANSIENT_CODES: [i32; 12] = [
+        6,     // HostUnreachable
+        7,     // HostNotFound
+        50,    // MaxTimeMSExpired
+        89,    // NetworkTimeout
+        91,    // ShutdownInProgress
+        189,   // PrimarySteppedDown
+        262,   // ExceededTimeLimit
+        10107, // NotWritablePrimary
+        11600, // InterruptedAtShutdown
+        11602, // InterruptedDueToReplStateChange
+        13435, // NotPrimaryNoSecondaryOk
+        13436, // NotPrimaryOrSecondary
+    ];
     matches!(
         *error.kind,
         ErrorKind::ServerSelection { .. }
             | ErrorKind::Io(_)
             | ErrorKind::ConnectionPoolCleared { .. }
     ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+        || server_code(error).is_some_and(|code| TRANSIENT_CODES.contains(&code))
+}
+
+/// The server's error code, for a command or write error.
+fn server_code(error: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*error.kind {
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => Some(e.code),
+        _ => None,
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -35,6 +35,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{projection::Applied, projector::Projector};
 
+/// Trims KEYS[1] to the oldest entry any group still needs: for each group
+/// the smaller of its last-delivered id (what it has not read comes after)
+/// and its smallest pending id. Returns how many entries went.
+const TRIM_ACKNOWLEDGED: &str = r"
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then return am < bm end
+  return as < bs
+end
+local keep = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  local needed = info['last-delivered-id']
+  local pending = redis.call('XPENDING', KEYS[1], info['name'])
+  if pending[2] and older(pending[2], needed) then needed = pending[2] end
+  if keep == nil or older(needed, keep) then keep = needed end
+end
+if keep == nil or keep == '0-0' then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', keep)
+";
+
 /// Events of one batch applied at once. Order does not matter: the version
 /// guard makes the outcome the same in any order.
 const APPLY_CONCURRENCY: usize = 16;
@@ -184,7 +208,10 @@ impl Consumer {
         loop {
             if !self.trim_interval.is_zero() && tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + self.trim_interval;
-                self.trim(&mut connection).await?;
+                // Trimming is housekeeping: a failure must not stop events.
+                if let Err(error) = self.trim(&mut connection).await {
+                    tracing::warn!(%error, "trimming the stream failed");
+                }
             }
             if cursor == Cursor::New && tokio::time::Instant::now() >= next_claim {
                 next_claim = tokio::time::Instant::now() + (self.claim_idle / 2).max(MIN_BACKOFF);
@@ -294,46 +321,19 @@ impl Consumer {
 
     /// Removes from the stream every entry that every consumer group has
     /// acknowledged: those older than the oldest entry some group still
-    /// holds pending, or has not read yet.
-    async fn trim(&self, connection: &mut MultiplexedConnection) -> anyhow::Result<()> {
-        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
+    /// holds pending or has not read yet. One script, so no group can be
+    /// created, rewound or acknowledge in between.
+    async fn trim(&self, connection: &mut MultiplexedConnection) -> redis::RedisResult<u64> {
+        let trimmed: u64 = redis::cmd("EVAL")
+            .arg(TRIM_ACKNOWLEDGED)
+            .arg(1)
             .arg(&self.stream)
-            .query_async(connection)
-            .await?;
-        let mut keep_from: Option<StreamId> = None;
-        for group in &groups.groups {
-            let needed = if group.pending > 0 {
-                // Summary form: [count, smallest id, greatest id, consumers].
-                let (_, smallest, ..): (u64, String, Value, Value) = redis::cmd("XPENDING")
-                    .arg(&self.stream)
-                    .arg(&group.name)
-                    .query_async(connection)
-                    .await?;
-                StreamId::parse(&smallest)
-            } else {
-                // Everything up to the last delivered entry is acknowledged;
-                // it stays, as the stream's last known position.
-                StreamId::parse(&group.last_delivered_id)
-            };
-            let Some(needed) = needed else {
-                return Ok(());
-            };
-            keep_from = Some(keep_from.map_or(needed, |k| k.min(needed)));
-        }
-        let Some(keep_from) = keep_from else {
-            return Ok(());
-        };
-        let trimmed: u64 = redis::cmd("XTRIM")
-            .arg(&self.stream)
-            .arg("MINID")
-            .arg(keep_from.to_string())
             .query_async(connection)
             .await?;
         if trimmed > 0 {
-            tracing::debug!(trimmed, keep_from = %keep_from, "trimmed acknowledged entries from the stream");
+            tracing::debug!(trimmed, "trimmed acknowledged entries from the stream");
         }
-        Ok(())
+        Ok(trimmed)
     }
 
     /// How many times each of these pending entries has been delivered
@@ -384,14 +384,28 @@ impl Consumer {
         // copy.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut acked = 0usize;
+        let mut commands = 0usize;
         let mut first_error = None;
         for (id, fields, outcome) in outcomes {
+            let delivered = deliveries.get(&id).copied().unwrap_or(1);
             let outcome = match outcome {
-                Outcome::Retry(error)
-                    if !is_outage(&error)
-                        && deliveries.get(&id).copied().unwrap_or(1) >= self.max_deliveries =>
-                {
+                Outcome::Retry(error) if is_transient(&error) => {
+                    // Give the delivery back: a wait for MongoDB or Redis is
+                    // not a failure of the event.
+                    pipe.cmd("XCLAIM")
+                        .arg(&self.stream)
+                        .arg(&self.group)
+                        .arg(&self.name)
+                        .arg(0)
+                        .arg(&id)
+                        .arg("RETRYCOUNT")
+                        .arg(delivered.saturating_sub(1))
+                        .arg("JUSTID")
+                        .ignore();
+                    commands += 1;
+                    Outcome::Retry(error)
+                }
+                Outcome::Retry(error) if delivered >= self.max_deliveries => {
                     Outcome::DeadLetter(format!(
                         "failed {} deliveries; last error: {error:#}",
                         self.max_deliveries
@@ -427,9 +441,9 @@ impl Consumer {
                 .arg(&self.group)
                 .arg(&id)
                 .ignore();
-            acked += 1;
+            commands += 1;
         }
-        if acked > 0 {
+        if commands > 0 {
             pipe.query_async::<()>(connection).await?;
         }
         Ok(first_error)
@@ -461,48 +475,24 @@ impl Consumer {
     }
 }
 
-/// Whether `error` comes from MongoDB or Redis being unreachable: an outage
-/// delays events, it never makes them dead letters.
-fn is_outage(error: &anyhow::Error) -> bool {
+/// Whether `error` is one that passes by itself: MongoDB or Redis
+/// unreachable, restarting or failing over, or concurrent writers of one
+/// author's summary. Such failures delay an event; they never count
+/// towards dead-lettering it.
+fn is_transient(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause
             .downcast_ref::<mongodb::error::Error>()
             .is_some_and(platform::error::is_unavailable)
-            || cause
-                .downcast_ref::<redis::RedisError>()
-                .is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+            || cause.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || matches!(
+                        e.code(),
+                        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY")
+                    )
+            })
+            || cause.is::<crate::summary::Contended>()
     })
-}
-
-/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders
-/// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
-
-impl StreamId {
-    fn parse(raw: &str) -> Option<Self> {
-        let (ms, seq) = raw.split_once('-')?;
-        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_order_by_time_then_sequence() {
-        let id = |raw| StreamId::parse(raw).unwrap();
-        assert!(id("1-9") < id("2-0"));
-        assert!(id("2-1") < id("2-10"));
-        assert_eq!(id("1700000000000-3").to_string(), "1700000000000-3");
-        assert_eq!(StreamId::parse("0"), None);
-        assert_eq!(StreamId::parse("a-b"), None);
-    }
 }

@@ -73,33 +73,52 @@ impl DeadLetters {
 
     /// Appends the dead letters with these ids (all when `ids` is empty)
     /// to the event stream again and removes them from the dead-letter
-    /// stream, each in one transaction; returns how many were re-driven.
-    pub async fn redrive(&self, ids: &[String]) -> redis::RedisResult<usize> {
-        let letters: Vec<DeadLetter> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|letter| ids.is_empty() || ids.contains(&letter.id))
+    /// stream, each atomically and only if this call removed it (so two
+    /// concurrent re-drives do not append one letter twice); returns how
+    /// many were re-driven. Unknown ids are an error, before anything moves.
+    pub async fn redrive(&self, ids: &[String]) -> anyhow::Result<usize> {
+        let letters = self.list().await?;
+        let unknown: Vec<&String> = ids
+            .iter()
+            .filter(|id| !letters.iter().any(|letter| letter.id == **id))
             .collect();
+        anyhow::ensure!(unknown.is_empty(), "no dead letter with id(s) {unknown:?}");
         let mut redis = self.redis.clone();
-        for letter in &letters {
-            let mut append = redis::cmd("XADD");
-            append.arg(&self.stream).arg("*");
-            for (name, value) in &letter.fields {
-                append.arg(name).arg(value);
+        let mut redriven = 0;
+        for letter in letters
+            .iter()
+            .filter(|letter| ids.is_empty() || ids.contains(&letter.id))
+        {
+            if letter.fields.is_empty() {
+                tracing::warn!(id = %letter.id, "dead letter has no fields to re-drive; left in place");
+                continue;
             }
-            redis::pipe()
-                .atomic()
-                .add_command(append)
-                .ignore()
-                .cmd("XDEL")
+            let mut move_back = redis::cmd("EVAL");
+            move_back
+                .arg(MOVE_BACK)
+                .arg(2)
                 .arg(&self.dead_letter_stream)
-                .arg(&letter.id)
-                .ignore()
-                .query_async::<()>(&mut redis)
-                .await?;
-            tracing::info!(id = %letter.id, source_id = %letter.source_id, "dead letter re-driven");
+                .arg(&self.stream)
+                .arg(&letter.id);
+            for (name, value) in &letter.fields {
+                move_back.arg(name).arg(value);
+            }
+            let moved: i64 = move_back.query_async(&mut redis).await?;
+            if moved == 1 {
+                redriven += 1;
+                tracing::info!(id = %letter.id, source_id = %letter.source_id, "dead letter re-driven");
+            }
         }
-        Ok(letters.len())
+        Ok(redriven)
     }
 }
+
+/// Deletes ARGV[1] from KEYS[1] and, only if it was there, appends the
+/// fields ARGV[2..] to KEYS[2].
+const MOVE_BACK: &str = r"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+  return 1
+end
+return 0
+";

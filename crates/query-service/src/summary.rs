@@ -67,6 +67,12 @@ struct BookFields {
     published_year: i32,
 }
 
+/// A summary that kept changing under concurrent writers; the event that
+/// asked for it is retried later.
+#[derive(Debug, thiserror::Error)]
+#[error("the summary of author {0:?} kept changing under concurrent writers")]
+pub struct Contended(pub String);
+
 #[derive(Clone)]
 pub struct AuthorSummaries {
     books: Collection<BookFields>,
@@ -115,7 +121,7 @@ impl AuthorSummaries {
             tracing::debug!(key, "author summary changed while written; writing again");
             summary = now;
         }
-        anyhow::bail!("the summary of author {key:?} kept changing under concurrent writers")
+        Err(Contended(key.to_owned()).into())
     }
 
     /// The summary the live books of `key` give; `None` when there is none.
