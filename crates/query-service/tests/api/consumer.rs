@@ -5,8 +5,8 @@ use serde_json::Value;
 use test_support::{eventually, redis_connection, TcpProxy};
 
 use crate::helpers::{
-    deleted, new_book, new_book_by, spawn_app, spawn_app_with, spawn_cleaned_app_with,
-    test_settings, updated, xadd_event, DEADLINE,
+    create_group, deleted, new_book, new_book_by, spawn_app, spawn_app_with,
+    spawn_cleaned_app_with, test_settings, updated, xadd_event, DEADLINE,
 };
 
 #[tokio::test]
@@ -22,12 +22,7 @@ async fn a_duplicate_event_is_acknowledged_and_changes_nothing() {
 
     let after: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
     assert_eq!(after, first);
-    let mut redis = app.redis.clone();
-    let dead: u64 = redis::cmd("XLEN")
-        .arg(&app.settings.dead_letter_stream)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let dead = app.dead_letter_count().await;
     assert_eq!(dead, 0, "a duplicate is not an error");
 }
 
@@ -242,12 +237,7 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
     })
     .await
     .expect("applied after MongoDB returned");
-    let mut redis = app.redis.clone();
-    let dead: u64 = redis::cmd("XLEN")
-        .arg(&app.settings.dead_letter_stream)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let dead = app.dead_letter_count().await;
     assert_eq!(dead, 0, "an outage is not a reason to give an event up");
 }
 
@@ -258,15 +248,7 @@ async fn entries_a_vanished_consumer_left_pending_are_claimed_and_applied() {
     let mut redis = redis_connection().await;
     let book = new_book("Left pending");
     // Another replica read the event, then died before acknowledging it.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&settings.stream)
-        .arg(&settings.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
+    create_group(&mut redis, &settings.stream, &settings.group).await;
     xadd_event(
         &mut redis,
         &settings.stream,
@@ -289,10 +271,7 @@ async fn entries_a_vanished_consumer_left_pending_are_claimed_and_applied() {
     let app = spawn_cleaned_app_with(settings).await;
 
     app.wait_for_version(book.id.as_str(), 1).await;
-    eventually("nothing left pending", DEADLINE, || async {
-        (app.pending_count().await == 0).then_some(())
-    })
-    .await;
+    app.wait_until_nothing_pending().await;
 }
 
 #[tokio::test]
@@ -303,17 +282,7 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_configured_deliv
     // A book of the same author that cannot be read: the author's summary
     // cannot be computed, so applying the event fails at every delivery.
     let book = new_book("Doomed");
-    app.db
-        .collection::<bson::Document>("books")
-        .insert_one(bson::doc! {
-            "_id": bson::oid::ObjectId::new(),
-            "authorKey": book.state.author.key(),
-            "deleted": false,
-            "version": 1_i64,
-            "title": 42,
-        })
-        .await
-        .unwrap();
+    app.break_summary_of(&book).await;
     let source = app.publish(&BookEvent::created(&book, None)).await;
     let other = new_book_by("Unaffected", "Frank Herbert", 1965);
     app.publish(&BookEvent::created(&other, None)).await;
@@ -324,28 +293,14 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_configured_deliv
         "the failing event in the dead-letter stream",
         DEADLINE,
         || async {
-            let mut redis = app.redis.clone();
-            let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&app.settings.dead_letter_stream)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut redis)
-                .await
-                .ok()?;
-            let entry = dead.ids.into_iter().next()?;
-            assert_eq!(
-                entry.get::<String>("sourceId").as_deref(),
-                Some(source.as_str())
-            );
-            entry.get::<String>("reason")
+            let letter = app.dead_letters().list().await.ok()?.into_iter().next()?;
+            assert_eq!(letter.source_id, source);
+            Some(letter.reason)
         },
     )
     .await;
     assert!(reason.starts_with("failed 3 deliveries"), "{reason}");
-    eventually("nothing left pending", DEADLINE, || async {
-        (app.pending_count().await == 0).then_some(())
-    })
-    .await;
+    app.wait_until_nothing_pending().await;
 }
 
 #[tokio::test]
@@ -354,25 +309,10 @@ async fn a_dead_letter_is_listed_and_applied_when_redriven_after_its_cause_is_fi
     settings.max_deliveries = 2;
     let app = spawn_cleaned_app_with(settings).await;
     let book = new_book("Second chance");
-    let broken = bson::oid::ObjectId::new();
-    let books = app.db.collection::<bson::Document>("books");
-    books
-        .insert_one(bson::doc! {
-            "_id": broken,
-            "authorKey": book.state.author.key(),
-            "deleted": false,
-            "version": 1_i64,
-            "title": 42,
-        })
-        .await
-        .unwrap();
+    let broken = app.break_summary_of(&book).await;
     let event = BookEvent::created(&book, None);
     let source = app.publish(&event).await;
-    let dead_letters = query_service::dead_letters::DeadLetters {
-        redis: app.redis.clone(),
-        stream: app.settings.stream.clone(),
-        dead_letter_stream: app.settings.dead_letter_stream.clone(),
-    };
+    let dead_letters = app.dead_letters();
 
     let letter = eventually("the event dead-lettered", DEADLINE, || async {
         dead_letters.list().await.ok()?.into_iter().next()
@@ -399,7 +339,8 @@ async fn a_dead_letter_is_listed_and_applied_when_redriven_after_its_cause_is_fi
     );
 
     // The cause fixed, the re-driven event goes through, once.
-    books
+    app.db
+        .collection::<bson::Document>("books")
         .delete_one(bson::doc! { "_id": broken })
         .await
         .unwrap();
@@ -425,15 +366,7 @@ async fn the_stream_is_trimmed_of_what_every_group_acknowledged_and_nothing_else
     settings.trim_interval = std::time::Duration::from_millis(100);
     let mut redis = redis_connection().await;
     // Another group reads the same stream, more slowly.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&settings.stream)
-        .arg("audit")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
+    create_group(&mut redis, &settings.stream, "audit").await;
     let app = spawn_cleaned_app_with(settings).await;
     let mut ids = Vec::new();
     for n in 0..5 {

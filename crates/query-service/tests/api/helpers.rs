@@ -184,6 +184,52 @@ impl TestApp {
         xadd_event(&mut redis, &self.settings.stream, event).await
     }
 
+    /// The service's dead-letter stream, as an operator sees it.
+    pub(crate) fn dead_letters(&self) -> query_service::dead_letters::DeadLetters {
+        query_service::dead_letters::DeadLetters {
+            redis: self.redis.clone(),
+            stream: self.settings.stream.clone(),
+            dead_letter_stream: self.settings.dead_letter_stream.clone(),
+        }
+    }
+
+    /// How many entries the dead-letter stream holds.
+    pub(crate) async fn dead_letter_count(&self) -> u64 {
+        let mut redis = self.redis.clone();
+        redis::cmd("XLEN")
+            .arg(&self.settings.dead_letter_stream)
+            .query_async(&mut redis)
+            .await
+            .expect("XLEN")
+    }
+
+    /// Waits until the group holds no entry pending.
+    pub(crate) async fn wait_until_nothing_pending(&self) {
+        eventually("nothing left pending", DEADLINE, || async {
+            (self.pending_count().await == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Stores an unreadable read-model book by `book`'s author, so that the
+    /// author's summary cannot be computed and every event of `book` fails
+    /// to apply; returns its id, to remove it.
+    pub(crate) async fn break_summary_of(&self, book: &Book) -> bson::oid::ObjectId {
+        let id = bson::oid::ObjectId::new();
+        self.db
+            .collection::<bson::Document>("books")
+            .insert_one(bson::doc! {
+                "_id": id,
+                "authorKey": book.state.author.key(),
+                "deleted": false,
+                "version": 1_i64,
+                "title": 42,
+            })
+            .await
+            .expect("insert");
+        id
+    }
+
     /// Entries delivered to the group but not acknowledged.
     pub(crate) async fn pending_count(&self) -> u64 {
         self.group_info().await.map_or(0, |g| g.pending as u64)
@@ -323,4 +369,17 @@ pub(crate) fn deleted(book: &Book, version: u64) -> BookEvent {
     event.version = version;
     event.book = None;
     event
+}
+
+/// Creates consumer group `group` on `stream`, from its first entry.
+pub(crate) async fn create_group(redis: &mut ConnectionManager, stream: &str, group: &str) {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(redis)
+        .await
+        .expect("XGROUP CREATE");
 }
