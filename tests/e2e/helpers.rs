@@ -146,6 +146,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     platform::telemetry::init_for_tests("e2e");
     let servers = servers().await;
     let stream = unique("events");
+    let write_database = unique("w");
     let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
 
     let mut query = QuerySettings::from_env().expect("query settings");
@@ -154,6 +155,10 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     query.mongo_url = RedactedUrl::new(servers.mongo_url.as_str());
     query.redis_url = RedactedUrl::new(servers.redis_url.as_str());
     query.database = unique("r");
+    query.write_mongo_url = RedactedUrl::new(servers.mongo_url.as_str());
+    query.write_database = write_database.clone();
+    query.reconcile_interval = Duration::ZERO;
+    query.generation_refresh = Duration::from_millis(100);
     query.stream = stream.clone();
     query.dead_letter_stream = format!("{stream}:dead");
     query.group = unique("group");
@@ -170,7 +175,7 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     command.port = 0;
     command.mongo_url = RedactedUrl::new(servers.mongo_url.as_str());
     command.redis_url = RedactedUrl::new(servers.redis_url.as_str());
-    command.database = unique("w");
+    command.database = write_database;
     command.stream = stream.clone();
     command.outbox_sweep_interval = Duration::from_millis(100);
     command.dependency_timeout = Duration::from_secs(1);

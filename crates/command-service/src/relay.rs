@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use bson::oid::ObjectId;
 use chrono::Utc;
+use platform::lease::Lease;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -39,29 +40,6 @@ const CHANNEL_CAPACITY: usize = 4096;
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Takes the lease when it is free, or renews it when this replica holds
-/// it; answers 1 when this replica holds it afterwards.
-const HOLD_LEASE: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-";
-
-/// Gives the lease up if this replica holds it.
-const RELEASE_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
 
 /// Which pending events a sweep takes.
 #[derive(Debug, Clone, Copy)]
@@ -107,14 +85,6 @@ pub struct Relay {
     lease: Lease,
 }
 
-/// The sweep's lease: a Redis key holding the id of the replica that
-/// sweeps, with an expiry.
-struct Lease {
-    key: String,
-    holder: String,
-    ttl: Duration,
-}
-
 impl Relay {
     /// A relay whose sweep holds the lease `<stream>:relay-lease` for
     /// `lease_ttl` at a time.
@@ -126,11 +96,11 @@ impl Relay {
         lease_ttl: Duration,
     ) -> (Self, OutboxNotifier) {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        let lease = Lease {
-            key: format!("{stream}:relay-lease"),
-            holder: ObjectId::new().to_hex(),
-            ttl: lease_ttl,
-        };
+        let lease = Lease::new(
+            format!("{stream}:relay-lease"),
+            ObjectId::new().to_hex(),
+            lease_ttl,
+        );
         let relay = Self {
             store,
             redis,
@@ -189,16 +159,7 @@ impl Relay {
             }
         }
         // Another replica need not wait for the lease to expire.
-        let released: redis::RedisResult<i64> = redis::cmd("EVAL")
-            .arg(RELEASE_LEASE)
-            .arg(1)
-            .arg(&self.lease.key)
-            .arg(&self.lease.holder)
-            .query_async(&mut self.redis)
-            .await;
-        if let Err(error) = released {
-            tracing::debug!(%error, "could not release the sweep lease; it expires by itself");
-        }
+        self.lease.release(&mut self.redis).await;
         tracing::info!("outbox relay stopped");
     }
 
@@ -229,26 +190,12 @@ impl Relay {
         Ok(())
     }
 
-    /// Takes the lease when it is free or renews it when this replica holds
-    /// it; whether this replica holds it now.
-    async fn hold_lease(&mut self) -> redis::RedisResult<bool> {
-        let held: i64 = redis::cmd("EVAL")
-            .arg(HOLD_LEASE)
-            .arg(1)
-            .arg(&self.lease.key)
-            .arg(&self.lease.holder)
-            .arg(self.lease.ttl.as_millis() as u64)
-            .query_async(&mut self.redis)
-            .await?;
-        Ok(held == 1)
-    }
-
     /// Publishes every event pending since before the cutoff, in batches,
     /// oldest first, while this replica holds the lease (renewed before
     /// each batch, so a long backlog is not swept by two replicas at once).
     async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
         loop {
-            if !self.hold_lease().await? {
+            if !self.lease.hold(&mut self.redis).await? {
                 return Ok(());
             }
             let cutoff = match cutoff {

@@ -8,6 +8,7 @@ pub mod env;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod lease;
 pub mod locks;
 pub mod openapi;
 pub mod problem;

@@ -14,6 +14,19 @@ pub struct Settings {
     pub mongo_url: RedactedUrl,
     /// Database of the read model (`READ_DB_NAME`, default `books_read`).
     pub database: String,
+    /// MongoDB connection string of the write model, which reconciliation
+    /// reads (`WRITE_MONGO_URL`, default `MONGO_URL`; read access is enough).
+    pub write_mongo_url: RedactedUrl,
+    /// Database of the write model (`WRITE_DB_NAME`, default `books_write`).
+    pub write_database: String,
+    /// How often the read model is reconciled with the write model, besides
+    /// at start and when Redis lost the consumer group
+    /// (`RECONCILE_INTERVAL_MS`, default 300000; 0 only then).
+    pub reconcile_interval: Duration,
+    /// How often the pointer to the active read-model generation is read,
+    /// so a rebuild's switch reaches every replica
+    /// (`READ_MODEL_REFRESH_MS`, default 1000).
+    pub generation_refresh: Duration,
     /// Redis connection string (`REDIS_URL`).
     pub redis_url: RedactedUrl,
     /// Stream the events are read from (`EVENTS_STREAM`, default `books:events`).
@@ -62,11 +75,16 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         let stream = env::string("EVENTS_STREAM", "books:events");
+        let mongo_url = env::string("MONGO_URL", "mongodb://127.0.0.1:27017");
         Ok(Self {
             host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env::parse("PORT", 5001)?,
-            mongo_url: RedactedUrl::new(env::string("MONGO_URL", "mongodb://127.0.0.1:27017")),
+            write_mongo_url: RedactedUrl::new(env::string("WRITE_MONGO_URL", &mongo_url)),
+            mongo_url: RedactedUrl::new(mongo_url),
             database: env::string("READ_DB_NAME", "books_read"),
+            write_database: env::string("WRITE_DB_NAME", "books_write"),
+            reconcile_interval: env::millis("RECONCILE_INTERVAL_MS", 300_000)?,
+            generation_refresh: env::millis("READ_MODEL_REFRESH_MS", 1000)?,
             redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
             dead_letter_stream: env::string("DEAD_LETTER_STREAM", &format!("{stream}:dead")),
             stream,

@@ -25,12 +25,12 @@
 //! (indexes, and author keys of books an older version wrote): the service
 //! starts while MongoDB is down, and consuming does not wait for it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{projection::Applied, projector::Projector};
@@ -85,6 +85,9 @@ pub struct Consumer {
     /// How often the stream is trimmed of what every group acknowledged;
     /// zero never trims.
     pub trim_interval: Duration,
+    /// Notified when the group had to be created, which after the first
+    /// start means Redis lost it, and possibly events with it.
+    pub group_created: Arc<Notify>,
 }
 
 /// Where the next read starts: our own pending entries after this id, or
@@ -184,7 +187,8 @@ impl Consumer {
             .await;
         match created {
             Ok(()) => {
-                tracing::info!(stream = %self.stream, group = %self.group, "consumer group created")
+                tracing::info!(stream = %self.stream, group = %self.group, "consumer group created");
+                self.group_created.notify_one();
             }
             Err(error) if error.code() == Some("BUSYGROUP") => {}
             Err(error) => return Err(error.into()),

@@ -4,9 +4,23 @@
 //! - `query-service openapi` prints the OpenAPI document;
 //! - `query-service dead-letters` prints each dead letter as a JSON line;
 //! - `query-service redrive [ID...]` appends dead letters (all, or these)
-//!   to the event stream again once their cause is fixed.
+//!   to the event stream again once their cause is fixed;
+//! - `query-service reconcile` re-emits what the read model lacks or holds
+//!   at an older version than the write model, and prints what it found;
+//! - `query-service rebuild` rebuilds the read model into a new generation
+//!   of collections and switches the running replicas to it.
 
-use query_service::{config::Settings, dead_letters::DeadLetters, routes, startup::Application};
+use platform::document::BookDocument;
+use query_service::{
+    config::Settings,
+    dead_letters::DeadLetters,
+    generation::ActiveGeneration,
+    projection::ReadModel,
+    rebuild::Rebuild,
+    reconcile::{reconcile, Repair, SETTLE},
+    routes,
+    startup::{self, Application},
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,9 +52,59 @@ async fn main() -> anyhow::Result<()> {
             println!("re-drove {count} dead letter(s) to {}", settings.stream);
             Ok(())
         }
+        Some("reconcile") => {
+            let models = Models::connect(&settings).await?;
+            let named = ActiveGeneration::named(&models.read_db).await?;
+            let read_model = ReadModel::on(ActiveGeneration::fixed(&models.read_db, &named));
+            let report = reconcile(&models.write_books, &read_model, &models.emit).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Some("rebuild") => {
+            let models = Models::connect(&settings).await?;
+            let report = Rebuild {
+                db: models.read_db,
+                write_books: models.write_books,
+                after_switch: models.emit,
+                refresh: settings.generation_refresh,
+            }
+            .run()
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Some(other) => anyhow::bail!(
-            "unknown command {other:?}; expected none, `openapi`, `dead-letters` or `redrive [ID...]`"
+            "unknown command {other:?}; expected none, `openapi`, `dead-letters`, `redrive [ID...]`, `reconcile` or `rebuild`"
         ),
+    }
+}
+
+/// What the maintenance commands work on.
+struct Models {
+    read_db: mongodb::Database,
+    write_books: mongodb::Collection<BookDocument>,
+    /// Repairs go through the event stream, to every replica.
+    emit: Repair,
+}
+
+impl Models {
+    async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let client = platform::connect::mongo_client(
+            &settings.mongo_url,
+            "query-service",
+            settings.dependency_timeout,
+        )
+        .await?;
+        let redis = platform::connect::redis_client(&settings.redis_url)?;
+        Ok(Self {
+            read_db: client.database(&settings.database),
+            write_books: startup::write_books(settings, &client).await?,
+            emit: Repair::Emit {
+                redis: platform::connect::redis_manager(&redis, settings.dependency_timeout)?,
+                stream: settings.stream.clone(),
+                settle: SETTLE,
+            },
+        })
     }
 }
 

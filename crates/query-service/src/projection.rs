@@ -28,9 +28,11 @@ use platform::{
 };
 use serde::Deserialize;
 
-use crate::listing::{After, BookFilter, Sort};
+use crate::{
+    generation::ActiveGeneration,
+    listing::{After, BookFilter, Sort},
+};
 
-const BOOKS: &str = "books";
 const DUPLICATE_KEY: i32 = 11000;
 
 /// What applying one event did.
@@ -52,7 +54,7 @@ pub struct Record {
 
 #[derive(Clone)]
 pub struct ReadModel {
-    books: Collection<Document>,
+    generation: ActiveGeneration,
     locks: Arc<DocumentLocks>,
 }
 
@@ -68,11 +70,21 @@ struct BookRecord {
 }
 
 impl ReadModel {
+    /// The read model of `db`'s first generation.
     pub fn new(db: &Database) -> Self {
+        Self::on(ActiveGeneration::new(db))
+    }
+
+    /// The read model of whatever generation is active.
+    pub fn on(generation: ActiveGeneration) -> Self {
         Self {
-            books: db.collection(BOOKS),
+            generation,
             locks: Arc::default(),
         }
+    }
+
+    fn books(&self) -> Collection<Document> {
+        self.generation.collections().books.clone()
     }
 
     /// Creates the indexes lists and author summaries use; a no-op when
@@ -86,7 +98,7 @@ impl ReadModel {
             doc! { "title": 1, "_id": 1 },
             doc! { "publishedYear": 1, "_id": 1 },
         ] {
-            self.books
+            self.books()
                 .create_index(IndexModel::builder().keys(keys).build())
                 .await?;
         }
@@ -100,7 +112,7 @@ impl ReadModel {
     /// newer than the books.
     pub async fn backfill_author_keys(&self) -> anyhow::Result<Vec<String>> {
         let documents: Vec<BookDocument> = self
-            .books
+            .books()
             .clone_with_type::<BookDocument>()
             .find(doc! { "authorKeys": { "$exists": false } })
             .await?
@@ -122,7 +134,7 @@ impl ReadModel {
                 }
             };
             let _locked = self.locks.lock(&id).await;
-            self.books
+            self.books()
                 .update_one(
                     doc! { "_id": id, "version": version, "authorKeys": { "$exists": false } },
                     doc! { "$set": set },
@@ -183,16 +195,16 @@ impl ReadModel {
         // insert): try once more as a plain guarded update, which matches
         // only if what is stored is still older.
         let filter = doc! { "_id": id, "version": { "$lt": version } };
+        let books = self.books();
         let _locked = self.locks.lock(&id).await;
-        match self
-            .books
+        match books
             .update_one(filter.clone(), update.clone())
             .upsert(true)
             .await
         {
             Ok(_) => Ok(Applied::Written),
             Err(error) if is_duplicate_key(&error) => {
-                let result = self.books.update_one(filter, update).await?;
+                let result = books.update_one(filter, update).await?;
                 Ok(if result.matched_count == 1 {
                     Applied::Written
                 } else {
@@ -208,7 +220,7 @@ impl ReadModel {
     pub async fn find(&self, id: &BookId) -> anyhow::Result<Option<Record>> {
         let object_id = ObjectId::parse_str(id.as_str())?;
         let Some(record) = self
-            .books
+            .books()
             .clone_with_type::<BookRecord>()
             .find_one(doc! { "_id": object_id })
             .await?
@@ -219,6 +231,61 @@ impl ReadModel {
             current: record.book.into_stored()?,
             author_keys: record.author_keys,
         }))
+    }
+
+    /// The `{_id, version}` of every book, live or deleted, in `_id` order.
+    pub async fn versions(
+        &self,
+    ) -> mongodb::error::Result<impl futures::Stream<Item = mongodb::error::Result<(ObjectId, i64)>>>
+    {
+        self.versions_matching(doc! {}).await
+    }
+
+    async fn versions_matching(
+        &self,
+        filter: Document,
+    ) -> mongodb::error::Result<impl futures::Stream<Item = mongodb::error::Result<(ObjectId, i64)>>>
+    {
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(rename = "_id")]
+            id: ObjectId,
+            version: i64,
+        }
+        let cursor = self
+            .books()
+            .clone_with_type::<Version>()
+            .find(filter)
+            .projection(doc! { "_id": 1, "version": 1 })
+            .sort(doc! { "_id": 1 })
+            .await?;
+        Ok(cursor.map_ok(|v| (v.id, v.version)))
+    }
+
+    /// The versions the read model holds of these books, by id.
+    pub async fn versions_of(
+        &self,
+        ids: impl Iterator<Item = &BookId>,
+    ) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+        let ids = ids
+            .map(|id| ObjectId::parse_str(id.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let held: std::collections::HashMap<String, i64> = self
+            .versions_matching(doc! { "_id": { "$in": ids } })
+            .await?
+            .map_ok(|(id, version)| (id.to_hex(), version))
+            .try_collect()
+            .await?;
+        Ok(held)
+    }
+
+    /// The author keys of every book, each once.
+    pub async fn author_keys(&self) -> mongodb::error::Result<Vec<String>> {
+        let keys = self.books().distinct("authorKeys", doc! {}).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| key.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Up to `limit` live books matching `filter`, in `sort`'s order,
@@ -236,7 +303,7 @@ impl ReadModel {
             query.extend(after.document(sort));
         }
         let records: Vec<BookDocument> = self
-            .books
+            .books()
             .clone_with_type::<BookDocument>()
             .find(query)
             .sort(sort.document())

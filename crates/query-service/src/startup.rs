@@ -2,15 +2,24 @@
 //! until a signal or a cancellation stops it, then waits for the consumer
 //! to finish its batch.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use platform::{health::Dependencies, server::HttpServer};
-use tokio::sync::watch;
+use platform::{document::BookDocument, health::Dependencies, lease::Lease, server::HttpServer};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::BookCache, config::Settings, consumer::Consumer, lookup::BookLookup,
-    projection::ReadModel, projector::Projector, routes, state::AppState, summary::AuthorSummaries,
+    cache::BookCache,
+    config::Settings,
+    consumer::Consumer,
+    generation::ActiveGeneration,
+    lookup::BookLookup,
+    projection::ReadModel,
+    projector::Projector,
+    reconcile::{self, Reconciler},
+    routes,
+    state::AppState,
+    summary::AuthorSummaries,
 };
 
 /// Reads take no body; this only bounds what a client may send anyway.
@@ -19,6 +28,10 @@ const BODY_LIMIT: usize = 16 * 1024;
 pub struct Application {
     server: HttpServer,
     consumer: Consumer,
+    reconciler: Reconciler,
+    generation: ActiveGeneration,
+    generation_refresh: Duration,
+    replica: String,
 }
 
 impl Application {
@@ -32,8 +45,10 @@ impl Application {
         )
         .await?;
         let database = client.database(&settings.database);
-        let read_model = ReadModel::new(&database);
-        let summaries = AuthorSummaries::new(&database);
+        let generation = ActiveGeneration::new(&database);
+        let read_model = ReadModel::on(generation.clone());
+        let summaries = AuthorSummaries::on(generation.clone());
+        let write_books = write_books(&settings, &client).await?;
 
         let redis_client = platform::connect::redis_client(&settings.redis_url)?;
         let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
@@ -43,6 +58,20 @@ impl Application {
             settings.cache_ttl,
         );
 
+        let group_created = Arc::new(Notify::new());
+        let reconciler = Reconciler {
+            write_books,
+            read_model: read_model.clone(),
+            redis: redis.clone(),
+            stream: settings.stream.clone(),
+            interval: settings.reconcile_interval,
+            wake: group_created.clone(),
+            lease: Lease::new(
+                format!("{}:reconcile-lease", settings.stream),
+                format!("{}:{}", settings.consumer, bson::oid::ObjectId::new()),
+                reconcile::LEASE_TTL,
+            ),
+        };
         let (batches, batches_seen) = watch::channel(0);
         let consumer = Consumer {
             client: redis_client,
@@ -62,6 +91,7 @@ impl Application {
             claim_idle: settings.claim_idle,
             max_deliveries: settings.max_deliveries.max(1),
             trim_interval: settings.trim_interval,
+            group_created,
         };
         let state = AppState {
             lookup: BookLookup {
@@ -84,7 +114,14 @@ impl Application {
             settings.shutdown_timeout,
         )
         .await?;
-        Ok(Self { server, consumer })
+        Ok(Self {
+            server,
+            consumer,
+            reconciler,
+            generation,
+            generation_refresh: settings.generation_refresh,
+            replica: settings.consumer.clone(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -98,10 +135,82 @@ impl Application {
 
     /// Serves until SIGINT/SIGTERM or the shutdown token, then finishes
     /// in-flight requests and the consumer's current batch.
+    ///
+    /// Beside the server: the consumer and the reconciliation, which both
+    /// start once the active read-model generation is known, and the task
+    /// that follows that generation.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let consumer = self.consumer;
-        self.server
-            .run("query-service", |shutdown| consumer.run(shutdown))
+        let Self {
+            server,
+            consumer,
+            reconciler,
+            generation,
+            generation_refresh,
+            replica,
+        } = self;
+        server
+            .run("query-service", move |shutdown| {
+                let follow = follow_generation(
+                    generation.clone(),
+                    replica,
+                    generation_refresh,
+                    shutdown.clone(),
+                );
+                let work = async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = generation.loaded() => {}
+                    }
+                    tokio::join!(consumer.run(shutdown.clone()), reconciler.run(shutdown));
+                };
+                async move {
+                    tokio::join!(follow, work);
+                }
+            })
             .await
+    }
+}
+
+/// The write model's books, through the query service's own client when
+/// both models live on the same server.
+pub async fn write_books(
+    settings: &Settings,
+    read_client: &mongodb::Client,
+) -> anyhow::Result<mongodb::Collection<BookDocument>> {
+    let client = if settings.write_mongo_url.expose() == settings.mongo_url.expose() {
+        read_client.clone()
+    } else {
+        platform::connect::mongo_client(
+            &settings.write_mongo_url,
+            "query-service",
+            settings.dependency_timeout,
+        )
+        .await?
+    };
+    Ok(client
+        .database(&settings.write_database)
+        .collection("books"))
+}
+
+/// Reads the pointer to the active generation every `refresh` until
+/// `shutdown`, switching when it changes.
+async fn follow_generation(
+    generation: ActiveGeneration,
+    replica: String,
+    refresh: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match generation.refresh(&replica).await {
+            Ok(Some(named)) => {
+                tracing::info!(generation = %named, "switched to another read-model generation")
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the active read-model generation"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(refresh) => {}
+        }
     }
 }

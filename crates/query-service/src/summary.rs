@@ -14,15 +14,16 @@
 //! leaves the event unacknowledged; its redelivery finds the book stale and
 //! recomputes all the same.
 
-use bson::{doc, Document};
+use bson::doc;
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
+use mongodb::Database;
 use serde::{Deserialize, Serialize};
 
-use crate::projection::is_duplicate_key;
+use crate::{
+    generation::{ActiveGeneration, Collections},
+    projection::is_duplicate_key,
+};
 
-const AUTHORS: &str = "authors";
-const BOOKS: &str = "books";
 /// Writes of one summary before giving up on a burst of concurrent changes.
 const MAX_ROUNDS: usize = 5;
 
@@ -75,22 +76,26 @@ pub struct Contended(pub String);
 
 #[derive(Clone)]
 pub struct AuthorSummaries {
-    books: Collection<BookFields>,
-    authors: Collection<Document>,
+    generation: ActiveGeneration,
 }
 
 impl AuthorSummaries {
+    /// The summaries of `db`'s first generation.
     pub fn new(db: &Database) -> Self {
-        Self {
-            books: db.collection(BOOKS),
-            authors: db.collection(AUTHORS),
-        }
+        Self::on(ActiveGeneration::new(db))
+    }
+
+    /// The summaries of whatever generation is active.
+    pub fn on(generation: ActiveGeneration) -> Self {
+        Self { generation }
     }
 
     /// The stored summary of the author with this key.
     #[tracing::instrument(skip(self))]
     pub async fn get(&self, key: &str) -> anyhow::Result<Option<AuthorSummary>> {
         let Some(record) = self
+            .generation
+            .collections()
             .authors
             .clone_with_type::<SummaryRecord>()
             .find_one(doc! { "_id": key })
@@ -111,10 +116,12 @@ impl AuthorSummaries {
     /// the books say (see the module docs for why this converges).
     #[tracing::instrument(skip(self))]
     pub async fn recompute(&self, key: &str) -> anyhow::Result<()> {
-        let mut summary = self.compute(key).await?;
+        // One generation throughout, even if a switch happens meanwhile.
+        let collections = self.generation.collections();
+        let mut summary = compute(&collections, key).await?;
         for _ in 0..MAX_ROUNDS {
-            let written = self.write(key, summary.as_ref()).await?;
-            let now = self.compute(key).await?;
+            let written = write(&collections, key, summary.as_ref()).await?;
+            let now = compute(&collections, key).await?;
             if written && now == summary {
                 return Ok(());
             }
@@ -123,52 +130,60 @@ impl AuthorSummaries {
         }
         Err(Contended(key.to_owned()).into())
     }
+}
 
-    /// The summary the live books of `key` give; `None` when there is none.
-    async fn compute(&self, key: &str) -> mongodb::error::Result<Option<AuthorSummary>> {
-        // Creation order, so the first book gives the author's spelling;
-        // served by the `{authorKey, createdAt, _id}` index.
-        let books: Vec<BookFields> = self
-            .books
-            .find(doc! { "authorKey": key, "deleted": false })
-            .sort(doc! { "createdAt": 1, "_id": 1 })
-            .projection(doc! { "_id": 0, "title": 1, "author": 1, "publishedYear": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(summarize(books))
-    }
+/// The summary the live books of `key` give; `None` when there is none.
+async fn compute(
+    collections: &Collections,
+    key: &str,
+) -> mongodb::error::Result<Option<AuthorSummary>> {
+    // Creation order, so the first book gives the author's spelling;
+    // served by the `{authorKey, createdAt, _id}` index.
+    let books: Vec<BookFields> = collections
+        .books
+        .clone_with_type::<BookFields>()
+        .find(doc! { "authorKey": key, "deleted": false })
+        .sort(doc! { "createdAt": 1, "_id": 1 })
+        .projection(doc! { "_id": 0, "title": 1, "author": 1, "publishedYear": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(summarize(books))
+}
 
-    /// Stores `summary` (removes it for `None`); `false` when a concurrent
-    /// upsert of the same key won the insert, so nothing was written.
-    async fn write(&self, key: &str, summary: Option<&AuthorSummary>) -> anyhow::Result<bool> {
-        match summary {
-            None => {
-                self.authors.delete_one(doc! { "_id": key }).await?;
-            }
-            Some(summary) => {
-                let document = doc! {
-                    "_id": key,
-                    "author": summary.author.as_str(),
-                    "bookCount": i64::try_from(summary.book_count)?,
-                    "firstPublishedYear": summary.first_published_year,
-                    "lastPublishedYear": summary.last_published_year,
-                    "titles": &summary.titles,
-                };
-                let replaced = self
-                    .authors
-                    .replace_one(doc! { "_id": key }, document)
-                    .upsert(true)
-                    .await;
-                match replaced {
-                    Ok(_) => {}
-                    Err(error) if is_duplicate_key(&error) => return Ok(false),
-                    Err(error) => return Err(error.into()),
-                }
+/// Stores `summary` (removes it for `None`); `false` when a concurrent
+/// upsert of the same key won the insert, so nothing was written.
+async fn write(
+    collections: &Collections,
+    key: &str,
+    summary: Option<&AuthorSummary>,
+) -> anyhow::Result<bool> {
+    match summary {
+        None => {
+            collections.authors.delete_one(doc! { "_id": key }).await?;
+        }
+        Some(summary) => {
+            let document = doc! {
+                "_id": key,
+                "author": summary.author.as_str(),
+                "bookCount": i64::try_from(summary.book_count)?,
+                "firstPublishedYear": summary.first_published_year,
+                "lastPublishedYear": summary.last_published_year,
+                "titles": &summary.titles,
+            };
+            let replaced = collections
+                .authors
+                .replace_one(doc! { "_id": key }, document)
+                .upsert(true)
+                .await;
+            match replaced {
+                Ok(_) => {}
+                Err(error) if is_duplicate_key(&error) => return Ok(false),
+                Err(error) => return Err(error.into()),
             }
         }
-        Ok(true)
     }
+    Ok(true)
 }
 
 /// The summary of these books, given in creation order.

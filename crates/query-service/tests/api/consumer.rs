@@ -156,11 +156,11 @@ async fn an_entry_that_is_not_an_event_is_dead_lettered_and_later_events_still_a
 async fn entries_delivered_but_never_acknowledged_are_applied_after_a_restart() {
     let settings = test_settings().await;
     // Create the group, as a first run would.
-    spawn_app_with(settings.clone()).await.stop().await;
+    let mut redis = redis_connection().await;
+    create_group(&mut redis, &settings.stream, &settings.group).await;
     // Deliver an entry to our consumer name without applying it: what a
     // crash between read and apply leaves behind.
     let book = new_book("Pending");
-    let mut redis = redis_connection().await;
     xadd_event(
         &mut redis,
         &settings.stream,
@@ -201,6 +201,10 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
     // An outage never makes dead letters, however many deliveries it takes.
     settings.max_deliveries = 1;
     let app = spawn_app_with(settings).await;
+    // The consumer runs once it has read the active read-model generation.
+    let before = new_book("Before the outage");
+    app.publish(&BookEvent::created(&before, None)).await;
+    app.wait_for_version(before.id.as_str(), 1).await;
 
     proxy.cut();
     let book = new_book("Through the outage");

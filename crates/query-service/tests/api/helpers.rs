@@ -37,6 +37,11 @@ pub(crate) async fn test_settings() -> Settings {
         port: 0,
         mongo_url: RedactedUrl::new(servers.mongo_url.clone()),
         database: unique("read"),
+        write_mongo_url: RedactedUrl::new(servers.mongo_url.clone()),
+        // Tests that need a write model set their own.
+        write_database: unique("write"),
+        reconcile_interval: Duration::ZERO,
+        generation_refresh: Duration::from_millis(100),
         redis_url: RedactedUrl::new(servers.redis_url.clone()),
         dead_letter_stream: format!("{stream}:dead"),
         stream,
@@ -59,7 +64,7 @@ pub(crate) async fn test_settings() -> Settings {
 /// streams and cache entries.
 pub(crate) fn cleanup_for(settings: &Settings) -> Cleanup {
     Cleanup::new(
-        vec![settings.database.clone()],
+        vec![settings.database.clone(), settings.write_database.clone()],
         vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
     )
     .with_key_prefixes(vec![settings.cache_prefix.clone()])
@@ -95,6 +100,14 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// The write model the app reconciles with.
+    pub(crate) fn write_books(&self) -> mongodb::Collection<bson::Document> {
+        self.db
+            .client()
+            .database(&self.settings.write_database)
+            .collection("books")
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
@@ -293,6 +306,32 @@ pub(crate) async fn xadd_event(
         .query_async(redis)
         .await
         .expect("XADD")
+}
+
+/// The command side's document of `book`, as its write model holds it
+/// once the event is published.
+pub(crate) fn write_document(book: &Book) -> bson::Document {
+    bson::doc! {
+        "_id": ObjectId::parse_str(book.id.as_str()).unwrap(),
+        "title": book.state.title.as_str(),
+        "author": book.state.author.as_str(),
+        "publishedYear": book.state.published_year.value(),
+        "createdAt": bson::DateTime::from_chrono(book.state.created_at),
+        "updatedAt": bson::DateTime::from_chrono(book.state.updated_at),
+        "version": i64::try_from(book.version).unwrap(),
+        "outbox": [],
+    }
+}
+
+/// The command side's tombstone of a book deleted at `version`.
+pub(crate) fn write_tombstone(book: &Book, version: u64) -> bson::Document {
+    bson::doc! {
+        "_id": ObjectId::parse_str(book.id.as_str()).unwrap(),
+        "updatedAt": bson::DateTime::now(),
+        "version": i64::try_from(version).unwrap(),
+        "deleted": true,
+        "outbox": [],
+    }
 }
 
 /// A book as the command side would create it.

@@ -9,4 +9,5 @@ mod helpers;
 mod list;
 mod openapi;
 mod read_your_writes;
+mod reconcile;
 mod shutdown;

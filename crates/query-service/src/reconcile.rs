@@ -1,0 +1,363 @@
+//! Anti-entropy: the read model converges even when events are lost on the
+//! way (Redis restarted without persistence, a stream trimmed by hand, an
+//! entry deleted). A reconciliation walks the write model's books and the
+//! read model's `{_id, version}` side by side, in `_id` order, and repairs
+//! every book the read model lacks or holds at an older version:
+//!
+//! - `Repair::Emit` appends an event carrying the book's current state to
+//!   the stream, where the consumers of every replica apply it as any other
+//!   event (read model, cache, summaries). This is what a running service
+//!   does: at start, every `RECONCILE_INTERVAL_MS`, when its consumer group
+//!   had to be created again (Redis lost it), and on demand
+//!   (`query-service reconcile`).
+//! - `Repair::Apply` writes the book straight into a read model; a rebuild
+//!   fills its new generation this way.
+//!
+//! Both are harmless to repeat: a book that arrives meanwhile by its own
+//! event makes the repair a stale duplicate, which the version guard
+//! ignores. The walk needs read access to the write model's database and
+//! memory for one batch only.
+
+use std::time::Duration;
+
+use bson::{doc, oid::ObjectId};
+use chrono::Utc;
+use domain::{BookEvent, BookId};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::Collection;
+use platform::{
+    document::{BookDocument, StoredBook},
+    lease::Lease,
+};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::projection::ReadModel;
+
+/// How long a book found behind may take to catch up by its own event
+/// before it is emitted again: events in flight normally take
+/// milliseconds.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// Books emitted per settle wait.
+const EMIT_BATCH: usize = 4096;
+/// Books applied per batch.
+const APPLY_BATCH: usize = 256;
+/// Concurrent applies of a `Repair::Apply` batch.
+const APPLY_CONCURRENCY: usize = 16;
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What one reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Books of the write model looked at (deleted ones included).
+    pub checked: u64,
+    /// Books the read model did not have at all.
+    pub missing: u64,
+    /// Books the read model had at an older version.
+    pub stale: u64,
+    /// Books among those the walk repaired: with `Repair::Emit`, those
+    /// still behind after the settle time.
+    pub repaired: u64,
+    /// Books behind whose events the relay has not published yet: left to
+    /// it.
+    pub unpublished: u64,
+    /// Read-model books the write model does not have: left alone and
+    /// logged, since only the write model can say what they should be.
+    pub unknown: u64,
+    /// Write-model documents that are not valid books: skipped and logged.
+    pub invalid: u64,
+}
+
+/// How a reconciliation repairs a book.
+pub enum Repair {
+    /// Append the book's current state to the event stream, for the books
+    /// still behind `settle` after they were found behind: their own
+    /// events may just be on the way.
+    Emit {
+        redis: ConnectionManager,
+        stream: String,
+        settle: Duration,
+    },
+    /// Write the book's current state into this read model.
+    Apply(ReadModel),
+}
+
+impl Repair {
+    /// How many books a batch holds: emitting waits `settle` per batch.
+    fn batch(&self) -> usize {
+        match self {
+            Repair::Emit { .. } => EMIT_BATCH,
+            Repair::Apply(_) => APPLY_BATCH,
+        }
+    }
+
+    /// Repairs `batch`, found behind since `found`; returns how many it
+    /// repaired.
+    async fn run(&self, batch: Batch, read_model: &ReadModel) -> anyhow::Result<u64> {
+        let mut events = batch.events;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Repair::Emit {
+                redis,
+                stream,
+                settle,
+            } => {
+                tokio::time::sleep_until(batch.found + *settle).await;
+                let held = read_model
+                    .versions_of(events.iter().map(|e| &e.book_id))
+                    .await?;
+                events.retain(|event| {
+                    held.get(event.book_id.as_str())
+                        .is_none_or(|version| u64::try_from(*version).unwrap_or(0) < event.version)
+                });
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                let mut pipe = redis::pipe();
+                for event in &events {
+                    pipe.cmd("XADD")
+                        .arg(stream)
+                        .arg("*")
+                        .arg("type")
+                        .arg(event.event_type.as_str())
+                        .arg("data")
+                        .arg(event.to_json())
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut redis.clone()).await?;
+                Ok(events.len() as u64)
+            }
+            Repair::Apply(read_model) => {
+                let count = events.len() as u64;
+                // Each apply owns its handles: a future borrowing them
+                // would not be `Send` for every lifetime.
+                futures::stream::iter(events)
+                    .map(|event| {
+                        let read_model = read_model.clone();
+                        async move { read_model.apply(&event).await }
+                    })
+                    .buffer_unordered(APPLY_CONCURRENCY)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                Ok(count)
+            }
+        }
+    }
+}
+
+/// Books found behind, with their current state, since `found`.
+struct Batch {
+    events: Vec<BookEvent>,
+    found: tokio::time::Instant,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            found: tokio::time::Instant::now(),
+        }
+    }
+
+    fn push(&mut self, event: BookEvent) {
+        if self.events.is_empty() {
+            self.found = tokio::time::Instant::now();
+        }
+        self.events.push(event);
+    }
+}
+
+/// A write-model document with whatever its outbox still holds.
+#[derive(Debug, Deserialize)]
+struct WrittenBook {
+    #[serde(flatten)]
+    book: BookDocument,
+    #[serde(default)]
+    outbox: Vec<bson::Bson>,
+}
+
+/// Compares the write model's books with `read_model` and repairs what the
+/// read model lacks or holds at an older version.
+pub async fn reconcile(
+    write_books: &Collection<BookDocument>,
+    read_model: &ReadModel,
+    repair: &Repair,
+) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let mut written = write_books
+        .clone_with_type::<WrittenBook>()
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await?;
+    let mut held = read_model.versions().await?;
+    let mut next_held: Option<(ObjectId, i64)> = held.try_next().await?;
+    let mut batch = Batch::new();
+    while let Some(WrittenBook {
+        book: document,
+        outbox,
+    }) = written.try_next().await?
+    {
+        report.checked += 1;
+        // Read-model books with smaller ids are unknown to the write model.
+        while let Some((id, _)) = next_held.filter(|(id, _)| *id < document.id) {
+            report.unknown += 1;
+            tracing::warn!(%id, "the read model has a book the write model does not");
+            next_held = held.try_next().await?;
+        }
+        let held_version = match next_held {
+            Some((id, version)) if id == document.id => {
+                next_held = held.try_next().await?;
+                Some(version)
+            }
+            _ => None,
+        };
+        if held_version.is_some_and(|held| held >= document.version) {
+            continue;
+        }
+        // The relay still has to publish this book's events.
+        if !outbox.is_empty() {
+            report.unpublished += 1;
+            continue;
+        }
+        let id = document.id;
+        match event_of(document) {
+            Ok(event) => {
+                if held_version.is_some() {
+                    report.stale += 1;
+                } else {
+                    report.missing += 1;
+                }
+                batch.push(event);
+            }
+            Err(error) => {
+                report.invalid += 1;
+                tracing::warn!(%id, %error, "skipping an invalid book of the write model");
+            }
+        }
+        if batch.events.len() == repair.batch() {
+            report.repaired += repair
+                .run(std::mem::replace(&mut batch, Batch::new()), read_model)
+                .await?;
+        }
+    }
+    while next_held.is_some() {
+        report.unknown += 1;
+        next_held = held.try_next().await?;
+    }
+    report.repaired += repair.run(batch, read_model).await?;
+    Ok(report)
+}
+
+/// The event that carries what the write model holds for a book.
+fn event_of(document: BookDocument) -> anyhow::Result<BookEvent> {
+    let id = BookId::parse(&document.id.to_hex())?;
+    let at = document
+        .updated_at
+        .map(bson::DateTime::to_chrono)
+        .unwrap_or_else(Utc::now);
+    Ok(match document.into_stored()? {
+        StoredBook::Live(book) if book.version == 1 => BookEvent::created(&book, None),
+        StoredBook::Live(book) => BookEvent::updated(&book, None),
+        StoredBook::Deleted { version } => BookEvent::deleted(&id, version, at, None),
+    })
+}
+
+/// How long a walk may hold the lease `<stream>:reconcile-lease`; it is
+/// released when the walk ends, so this only matters when a replica dies
+/// mid-walk.
+pub const LEASE_TTL: Duration = Duration::from_secs(600);
+
+/// The service's reconciliation: at start, then every `interval` (never
+/// when zero) and whenever `wake` is notified. Replicas take turns through
+/// a lease, so one walk runs at a time; a failed walk is retried with
+/// backoff.
+pub struct Reconciler {
+    pub write_books: Collection<BookDocument>,
+    pub read_model: ReadModel,
+    pub redis: ConnectionManager,
+    pub stream: String,
+    pub interval: Duration,
+    pub wake: std::sync::Arc<Notify>,
+    pub lease: Lease,
+}
+
+impl Reconciler {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let repair = Repair::Emit {
+            redis: self.redis.clone(),
+            stream: self.stream.clone(),
+            settle: SETTLE,
+        };
+        let mut backoff = MIN_BACKOFF;
+        // A walk asked for because events were lost must run even while
+        // another replica walks: that walk may already have passed the
+        // books concerned. Periodic walks just skip a turn.
+        let mut must_run = false;
+        loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = self.run_once(&repair) => outcome,
+            };
+            let pause = match outcome {
+                Ok(Walk::Done) => {
+                    backoff = MIN_BACKOFF;
+                    must_run = false;
+                    None
+                }
+                Ok(Walk::Busy) if !must_run => None,
+                Ok(Walk::Busy) => Some(MIN_BACKOFF),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "reconciliation failed");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(pause)
+                }
+            };
+            let next = async {
+                match pause {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None if self.interval.is_zero() => std::future::pending().await,
+                    None => tokio::time::sleep(self.interval).await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = next => {}
+                () = self.wake.notified() => {
+                    tracing::info!("the consumer group was created again: reconciling");
+                    must_run = true;
+                }
+            }
+        }
+    }
+
+    async fn run_once(&self, repair: &Repair) -> anyhow::Result<Walk> {
+        let mut redis = self.redis.clone();
+        if !self.lease.hold(&mut redis).await? {
+            tracing::debug!("another replica is reconciling");
+            return Ok(Walk::Busy);
+        }
+        let started = tokio::time::Instant::now();
+        let outcome = reconcile(&self.write_books, &self.read_model, repair).await;
+        self.lease.release(&mut redis).await;
+        let report = outcome?;
+        if report.repaired > 0 || report.unknown > 0 || report.invalid > 0 {
+            tracing::info!(?report, elapsed = ?started.elapsed(), "reconciled the read model with the write model");
+        } else {
+            tracing::debug!(?report, elapsed = ?started.elapsed(), "the read model agrees with the write model");
+        }
+        Ok(Walk::Done)
+    }
+}
+
+enum Walk {
+    Done,
+    /// Another replica holds the lease.
+    Busy,
+}
