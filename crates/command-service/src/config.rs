@@ -27,6 +27,10 @@ pub struct Settings {
     /// work before the process exits anyway (`SHUTDOWN_TIMEOUT_MS`, default
     /// 10000).
     pub shutdown_timeout: Duration,
+    /// How long a stop (SIGTERM) keeps serving with readiness answering
+    /// 503 before refusing connections, for load balancers to notice
+    /// (`SHUTDOWN_DRAIN_MS`, default 0).
+    pub shutdown_drain: Duration,
     /// How often the relay looks for events left pending
     /// (`OUTBOX_SWEEP_INTERVAL_MS`, default 1000).
     pub outbox_sweep_interval: Duration,
@@ -63,6 +67,7 @@ impl Settings {
             stream: env::string("EVENTS_STREAM", "books:events"),
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
             shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
+            shutdown_drain: env::millis("SHUTDOWN_DRAIN_MS", 0)?,
             outbox_sweep_interval,
             relay_lease,
             query_base_url: env::string("QUERY_BASE_URL", "http://localhost:5001")

@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use platform::{health::Dependencies, server::HttpServer};
+use platform::{
+    health::Dependencies,
+    server::{HttpServer, Stop},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, relay::Relay, routes, state::AppState, store::BookStore};
@@ -42,12 +45,18 @@ impl Application {
             settings.outbox_sweep_interval,
             settings.relay_lease,
         );
+        let stop = Stop {
+            token: CancellationToken::new(),
+            drain: settings.shutdown_drain,
+            grace: settings.shutdown_timeout,
+        };
         let state = AppState {
             store,
             outbox,
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                stopping: stop.token.clone(),
             },
             query_base_url: Arc::from(settings.query_base_url.as_str()),
             api_tokens: settings.api_tokens.clone(),
@@ -58,12 +67,8 @@ impl Application {
             );
         }
         let router = routes::router(state, settings.body_limit);
-        let server = HttpServer::bind(
-            SocketAddr::new(settings.host, settings.port),
-            router,
-            settings.shutdown_timeout,
-        )
-        .await?;
+        let server =
+            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
         Ok(Self { server, relay })
     }
 

@@ -10,15 +10,19 @@ use axum::{
 };
 use redis::aio::ConnectionManager;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What readiness checks: the service's MongoDB database and Redis.
+/// What readiness checks: the service's MongoDB database and Redis, and
+/// whether the service is stopping.
 #[derive(Clone)]
 pub struct Dependencies {
     pub mongo: mongodb::Database,
     pub redis: ConnectionManager,
+    /// The server's stop token: once cancelled, the service is not ready.
+    pub stopping: CancellationToken,
 }
 
 /// `/healthz` and `/readyz` for any state that holds the `Dependencies`.
@@ -35,7 +39,8 @@ where
 /// A health answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// `ok` (alive), `ready`, or `unavailable`.
+    /// `ok` (alive), `ready`, `unavailable` (a dependency is down) or
+    /// `stopping`.
     #[schema(example = "ready")]
     pub status: &'static str,
     /// Each dependency checked, `up` or `down` (readiness only).
@@ -44,18 +49,26 @@ pub struct Health {
     pub checks: BTreeMap<&'static str, &'static str>,
 }
 
-/// Readiness: whether MongoDB and Redis answer a ping within a second.
+/// Readiness: whether MongoDB and Redis answer a ping within a second and
+/// the service is not stopping.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
         (status = 200, description = "Every dependency answers", body = Health),
-        (status = 503, description = "A dependency does not answer", body = Health),
+        (status = 503, description = "A dependency does not answer, or the service is stopping", body = Health),
         crate::openapi::Unexpected,
     )
 )]
 async fn readiness(State(mut deps): State<Dependencies>) -> (StatusCode, Json<Health>) {
+    if deps.stopping.is_cancelled() {
+        let health = Health {
+            status: "stopping",
+            checks: BTreeMap::new(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
+    }
     let (mongo, redis) = tokio::join!(mongo_up(&deps.mongo), redis_up(&mut deps.redis));
     report(&[("mongodb", mongo), ("redis", redis)])
 }

@@ -19,27 +19,32 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub struct HttpServer {
     listener: TcpListener,
     router: Router,
-    shutdown: CancellationToken,
-    grace: Duration,
+    stop: Stop,
+}
+
+/// How a server stops.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Cancelled by SIGINT/SIGTERM, or by whoever holds it: the stop
+    /// starts.
+    pub token: CancellationToken,
+    /// How long the server keeps serving after the stop starts, readiness
+    /// answering 503, so load balancers take the instance out first.
+    pub drain: Duration,
+    /// How long in-flight requests and background work then have to finish.
+    pub grace: Duration,
 }
 
 impl HttpServer {
-    /// Binds `address` (port 0 picks a free port). Once told to stop, the
-    /// server gives in-flight requests and background work `grace` to
-    /// finish.
-    pub async fn bind(
-        address: SocketAddr,
-        router: Router,
-        grace: Duration,
-    ) -> anyhow::Result<Self> {
+    /// Binds `address` (port 0 picks a free port).
+    pub async fn bind(address: SocketAddr, router: Router, stop: Stop) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
         Ok(Self {
             listener,
             router,
-            shutdown: CancellationToken::new(),
-            grace,
+            stop,
         })
     }
 
@@ -51,12 +56,13 @@ impl HttpServer {
 
     /// Cancelling this token stops the server as a signal would.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.stop.token.clone()
     }
 
-    /// Serves, running `background` beside the server with the shutdown
-    /// token, until a signal or the token stops both; in-flight requests and
-    /// `background` then have the grace period to finish.
+    /// Serves, running `background` beside the server, until a signal or
+    /// the token starts the stop; after the drain period, the server stops
+    /// accepting, and in-flight requests and `background` (whose token is
+    /// cancelled then) have the grace period to finish.
     pub async fn run<F>(
         self,
         name: &str,
@@ -68,19 +74,39 @@ impl HttpServer {
         let Self {
             listener,
             router,
-            shutdown,
-            grace,
+            stop:
+                Stop {
+                    token,
+                    drain,
+                    grace,
+                },
         } = self;
         tracing::info!(address = %listener.local_addr()?, "{name} listening");
+        let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(crate::shutdown::cancel_on_signal(shutdown.clone()));
+        tasks.spawn(crate::shutdown::cancel_on_signal(token.clone()));
+        tasks.spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    // Stopped for another reason (the server failed).
+                    () = shutdown.cancelled() => return,
+                }
+                if !drain.is_zero() {
+                    tracing::info!(?drain, "stopping: draining before refusing connections");
+                    tokio::time::sleep(drain).await;
+                }
+                shutdown.cancel();
+            }
+        });
         tasks.spawn(background(shutdown.clone()));
         tasks.close();
 
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
-        // The grace period starts when the stop is asked for.
+        // The grace period starts when the drain ends.
         let stop_asked = OnceLock::new();
         let grace_over = async {
             shutdown.cancelled().await;

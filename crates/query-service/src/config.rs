@@ -51,6 +51,10 @@ pub struct Settings {
     /// work before the process exits anyway (`SHUTDOWN_TIMEOUT_MS`, default
     /// 10000).
     pub shutdown_timeout: Duration,
+    /// How long a stop (SIGTERM) keeps serving with readiness answering
+    /// 503 before refusing connections, for load balancers to notice
+    /// (`SHUTDOWN_DRAIN_MS`, default 0).
+    pub shutdown_drain: Duration,
     /// Prefix of the Redis keys of the book cache; the key of a book is the
     /// prefix followed by its id (`CACHE_KEY_PREFIX`, default `books:cache:`).
     pub cache_prefix: String,
@@ -94,6 +98,7 @@ impl Settings {
             block: env::millis("CONSUMER_BLOCK_MS", 2000)?,
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
             shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
+            shutdown_drain: env::millis("SHUTDOWN_DRAIN_MS", 0)?,
             cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),
             cache_ttl: Duration::from_secs(env::parse("CACHE_TTL_SECS", 3600)?),
             read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,

@@ -4,7 +4,12 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use platform::{document::BookDocument, health::Dependencies, lease::Lease, server::HttpServer};
+use platform::{
+    document::BookDocument,
+    health::Dependencies,
+    lease::Lease,
+    server::{HttpServer, Stop},
+};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +98,11 @@ impl Application {
             trim_interval: settings.trim_interval,
             group_created,
         };
+        let stop = Stop {
+            token: CancellationToken::new(),
+            drain: settings.shutdown_drain,
+            grace: settings.shutdown_timeout,
+        };
         let state = AppState {
             lookup: BookLookup {
                 cache,
@@ -105,15 +115,12 @@ impl Application {
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                stopping: stop.token.clone(),
             },
         };
         let router = routes::router(state, BODY_LIMIT);
-        let server = HttpServer::bind(
-            SocketAddr::new(settings.host, settings.port),
-            router,
-            settings.shutdown_timeout,
-        )
-        .await?;
+        let server =
+            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
         Ok(Self {
             server,
             consumer,

@@ -39,6 +39,11 @@ impl RunningApp {
         self.cleanup = Some(cleanup);
     }
 
+    /// Starts the stop, as SIGTERM would, without waiting for it.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the service gracefully and asserts it stopped without error.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();

@@ -38,6 +38,7 @@ pub(crate) async fn test_settings() -> Settings {
         stream: unique("events"),
         dependency_timeout: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
+        shutdown_drain: Duration::ZERO,
         outbox_sweep_interval: Duration::from_millis(100),
         relay_lease: Duration::from_secs(10),
         query_base_url: "http://query.test".to_owned(),

@@ -1,8 +1,11 @@
 //! `/healthz` and `/readyz`.
 
-use serde_json::Value;
+use std::time::Duration;
 
-use crate::helpers::spawn_app;
+use serde_json::Value;
+use test_support::{eventually, TcpProxy};
+
+use crate::helpers::{spawn_app, spawn_cleaned_app_with, test_settings, DEADLINE};
 
 #[tokio::test]
 async fn liveness_is_ok() {
@@ -23,4 +26,56 @@ async fn ready_when_mongodb_and_redis_answer() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["mongodb"], "up");
     assert_eq!(body["checks"]["redis"], "up");
+}
+
+#[tokio::test]
+async fn not_ready_while_mongodb_is_unreachable_and_ready_again_when_it_returns() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
+    let app = spawn_cleaned_app_with(settings).await;
+    let readiness = || async {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    proxy.cut();
+    let (status, body) = readiness().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["mongodb"], "down");
+    assert_eq!(body["checks"]["redis"], "up");
+
+    proxy.restore();
+    eventually("ready again", DEADLINE, || async {
+        (readiness().await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn while_draining_readiness_answers_503_and_reads_are_still_served() {
+    let mut settings = test_settings().await;
+    settings.shutdown_drain = Duration::from_secs(3);
+    let app = spawn_cleaned_app_with(settings).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    app.begin_stop();
+
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "stopping");
+    let read = app
+        .http
+        .get(app.url("/books/65f000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404, "reads go on during the drain");
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("stopped after the drain");
 }

@@ -51,6 +51,7 @@ pub(crate) async fn test_settings() -> Settings {
         block: Duration::from_millis(200),
         dependency_timeout: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
+        shutdown_drain: Duration::ZERO,
         cache_prefix: format!("{}:", unique("cache")),
         cache_ttl: Duration::from_secs(3600),
         read_your_writes_timeout: Duration::from_secs(1),
@@ -287,6 +288,11 @@ impl TestApp {
     /// Stops the service as SIGTERM would and waits for it.
     pub(crate) async fn stop(mut self) {
         self.app.stop().await;
+    }
+
+    /// Starts the stop, as SIGTERM would, without waiting for it.
+    pub(crate) fn begin_stop(&self) {
+        self.app.begin_stop();
     }
 }
 

@@ -126,11 +126,7 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
         );
     }
     let again = reconcile(&write_books, &read_model, &repair).await.unwrap();
-    assert_eq!(
-        again.repaired,
-        0,
-        "a second walk finds nothing: {again:?}"
-    );
+    assert_eq!(again.repaired, 0, "a second walk finds nothing: {again:?}");
     app.stop().await;
 }
 
