@@ -7,21 +7,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-validator_version="0.9.0"
-venv=".local/venv"
-if ! "$venv/bin/openapi-spec-validator" --version 2>/dev/null | grep -q "$validator_version"; then
-  echo "[openapi] installing openapi-spec-validator $validator_version into $venv" >&2
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    # Debian ships venv support as its own package.
-    echo "[openapi] installing python3-venv from apt" >&2
-    sudo_if_needed=""
-    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-    $sudo_if_needed apt-get install -y -qq python3-venv >/dev/null
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$validator_version"
-fi
+# shellcheck source=scripts/python-tool.sh
+. "$root/scripts/python-tool.sh"
+python_tool openapi-spec-validator 0.9.0
 
 cargo build --locked --quiet -p command-service -p query-service
 mkdir -p target/openapi

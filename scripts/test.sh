@@ -2,7 +2,8 @@
 # Runs the whole test suite (unit, service and end-to-end tests) against real
 # FerretDB and Redis, starting them first if they are not running and
 # stopping afterwards the ones it started, then validates both OpenAPI
-# documents. Extra arguments go to `cargo test` (and skip the validation).
+# documents and fuzzes both APIs against them (schemathesis). Extra
+# arguments go to `cargo test` (and skip the validation and the fuzzing).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -15,4 +16,7 @@ trap 'scripts/servers.sh down $started' EXIT
 export MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
 export REDIS_URL="redis://127.0.0.1:${REDIS_PORT:-6379}"
 cargo test --workspace --locked "$@"
-[ "$#" -gt 0 ] || scripts/check-openapi.sh
+if [ "$#" -eq 0 ]; then
+  scripts/check-openapi.sh
+  scripts/fuzz-api.sh
+fi

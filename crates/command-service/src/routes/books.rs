@@ -61,13 +61,52 @@ struct BookBody {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
     )]
     author: String,
-    #[schema(example = 1965, minimum = -3000, maximum = 2100)]
-    published_year: i64,
+    #[schema(value_type = i64, example = 1965, minimum = -3000, maximum = 2100)]
+    published_year: Integer,
 }
 
 impl BookBody {
     fn parse(&self) -> Result<BookDraft, domain::ValidationErrors> {
-        BookDraft::parse(&self.title, &self.author, self.published_year)
+        BookDraft::parse(&self.title, &self.author, self.published_year.0)
+    }
+}
+
+/// A JSON number with an integer value: `1965.0` is one, as in JSON Schema;
+/// `1965.5` is not. Values beyond `i64` saturate, so the domain reports
+/// them as out of range rather than as the wrong type.
+#[derive(Debug, Clone, Copy)]
+struct Integer(i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntegerVisitor;
+
+        impl serde::de::Visitor<'_> for IntegerVisitor {
+            type Value = Integer;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Integer, E> {
+                Ok(Integer(value))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Integer, E> {
+                Ok(Integer(i64::try_from(value).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Integer, E> {
+                if value.is_finite() && value.fract() == 0.0 {
+                    // `as` saturates at the bounds of i64.
+                    Ok(Integer(value as i64))
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+
+        deserializer.deserialize_any(IntegerVisitor)
     }
 }
 
@@ -84,7 +123,7 @@ struct BookMergePatch {
     author: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = i64, required = false, example = 1969, minimum = -3000, maximum = 2100)]
-    published_year: Option<Option<i64>>,
+    published_year: Option<Option<Integer>>,
 }
 
 /// The problems every command may answer (OpenAPI only).
@@ -165,7 +204,7 @@ impl BookMergePatch {
         BookPatch::parse(
             patch_field(self.title.as_ref().map(|t| t.as_deref())),
             patch_field(self.author.as_ref().map(|a| a.as_deref())),
-            patch_field(self.published_year),
+            patch_field(self.published_year.map(|year| year.map(|y| y.0))),
         )
     }
 }
@@ -234,7 +273,7 @@ async fn create_book(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
-        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     request_body(content = BookBody, description = "The book's new content"),
     responses(
@@ -266,7 +305,7 @@ async fn replace_book(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
-        ("If-Match" = Option<String>, Header, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Apply only to this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     request_body(description = "The fields to change", content(
         (BookMergePatch = "application/merge-patch+json"),
@@ -301,7 +340,7 @@ async fn patch_book(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"),
-        ("If-Match" = Option<String>, Header, description = "Delete only this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Delete only this version: its ETag (`\"3\"`) or `*`", pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"),
     ),
     responses(
         (status = 204, description = "Deleted", headers(("ETag" = String, description = "The version the deletion made, quoted"))),

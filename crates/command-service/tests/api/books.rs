@@ -118,6 +118,16 @@ fn invalid_bodies() -> Vec<(Value, &'static str, &'static str)> {
             "outOfRange",
         ),
         (
+            json!({ "title": "T", "author": "A", "publishedYear": 1e300 }),
+            "publishedYear",
+            "outOfRange",
+        ),
+        (
+            json!({ "title": "T", "author": "A", "publishedYear": 18_446_744_073_709_551_615_u64 }),
+            "publishedYear",
+            "outOfRange",
+        ),
+        (
             json!({ "title": "T", "author": "A", "publishedYear": "1999" }),
             "publishedYear",
             "invalidType",
@@ -176,6 +186,19 @@ async fn each_invalid_field_gets_a_422_naming_the_field_and_rule() {
         app.stored_books().await.is_empty(),
         "an invalid body wrote a book"
     );
+}
+
+#[tokio::test]
+async fn a_year_written_as_a_number_with_a_zero_fraction_is_an_integer() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_book(&json!({ "title": "T", "author": "A", "publishedYear": 1965.0 }))
+        .await;
+
+    assert_eq!(response.status(), 201);
+    let book: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(book["publishedYear"], 1965);
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     get,
     path = "/authors/{author}",
     tag = "authors",
-    params(("author" = String, Path, description = "The author's name, URL-encoded, in any case", example = "Ursula%20K.%20Le%20Guin")),
+    params(("author" = String, Path, description = "The author's name, URL-encoded, in any case", min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$", example = "Ursula%20K.%20Le%20Guin")),
     responses(
         (status = 200, description = "The author's summary", body = AuthorSummary),
         (status = 400, description = "The name is empty, too long or holds a control character", body = Problem, content_type = "application/problem+json"),

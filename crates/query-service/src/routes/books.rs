@@ -45,7 +45,12 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// Only books by this author: the exact name, in any case.
-    #[param(min_length = 1, max_length = 100, example = "ursula k. le guin")]
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
+        example = "ursula k. le guin"
+    )]
     author: Option<String>,
     /// Only books published in this year.
     #[param(minimum = -3000, maximum = 2100, example = 1969)]
@@ -57,7 +62,12 @@ struct ListParams {
     #[param(minimum = -3000, maximum = 2100)]
     year_to: Option<i64>,
     /// Only books whose title contains this text, in any case.
-    #[param(min_length = 1, max_length = 200, example = "darkness")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
+        example = "darkness"
+    )]
     title: Option<String>,
     /// The order: by `createdAt` (the default), `title` or `publishedYear`;
     /// a leading `-` reverses it. Books with equal keys are ordered by id.
@@ -68,7 +78,9 @@ struct ListParams {
     limit: Option<i64>,
     /// The `next` of the previous page, sent with the same filters and
     /// sort. A cursor pages through the books without skipping or
-    /// repeating one, even while books are added.
+    /// repeating one, even while books are added. Opaque: only cursors
+    /// this service returned are accepted.
+    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
