@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, relay::Relay, routes, state::AppState, store::BookStore};
 
+/// A request may take this many dependency timeouts before it gets 503.
+const REQUEST_DEADLINE_FACTOR: u32 = 3;
+
 pub struct Application {
     server: HttpServer,
     relay: Relay,
@@ -66,7 +69,13 @@ impl Application {
                 "API_TOKENS is empty: every command will be refused with 401; set API_TOKENS to accept writes"
             );
         }
-        let router = routes::router(state, settings.body_limit);
+        // A command is a few MongoDB round trips, each bounded by the driver
+        // when the server is unreachable; this bounds one that hangs.
+        let router = routes::router(
+            state,
+            settings.body_limit,
+            settings.dependency_timeout * REQUEST_DEADLINE_FACTOR,
+        );
         let server =
             HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
         Ok(Self { server, relay })

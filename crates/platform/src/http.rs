@@ -3,10 +3,13 @@
 //! (request id, tracing, body limit, panic guard) and the fallbacks for
 //! unknown routes and methods.
 
+use std::time::Duration;
+
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State},
     http::{header, request::Parts, HeaderMap, HeaderName, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     Router,
 };
@@ -341,14 +344,41 @@ fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::new(ProblemKind::Internal, "an unexpected error occurred").into_response()
 }
 
+/// Answers 503 (with `Retry-After: 1`) for a request still running at its
+/// deadline: a MongoDB or Redis that hangs, rather than refusing
+/// connections, must not hold clients for ever. What the request had
+/// already written stays written, as with any timeout.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?limit, "request cut at its deadline");
+            Problem::new(
+                ProblemKind::ServiceUnavailable,
+                "a backing store did not answer in time; retry later",
+            )
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            )
+            .into_response()
+        }
+    }
+}
+
 /// Wraps `router` in the layers every service route gets: problem+json
-/// fallbacks, a body size limit, an `x-request-id` on every request (kept if
-/// the client sent one) echoed in the response and in every log line of the
-/// request, and a guard that turns a panic into a 500 problem.
-pub fn with_common_layers(router: Router, body_limit: usize) -> Router {
+/// fallbacks, a body size limit, a deadline per request, an `x-request-id`
+/// on every request (kept if the client sent one) echoed in the response and
+/// in every log line of the request, and a guard that turns a panic into a
+/// 500 problem.
+pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Duration) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            deadline_after,
+            deadline,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_to_problem))
         .layer(

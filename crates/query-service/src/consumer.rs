@@ -64,6 +64,9 @@ return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 const APPLY_CONCURRENCY: usize = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// An apply may take this many dependency timeouts (a read-model write, a
+/// read, a cache write and summary rounds) before it counts as hung.
+const APPLY_TIMEOUT_FACTOR: u32 = 5;
 
 pub struct Consumer {
     pub client: redis::Client,
@@ -462,7 +465,14 @@ impl Consumer {
             Ok(event) => event,
             Err(error) => return Outcome::DeadLetter(error.to_string()),
         };
-        match self.projector.apply(&event).await {
+        // The MongoDB driver bounds connecting, not answering: a server that
+        // accepts and then hangs would hold the batch for ever.
+        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
+        let applied = match tokio::time::timeout(bound, self.projector.apply(&event)).await {
+            Ok(applied) => applied,
+            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
+        };
+        match applied {
             Ok(applied) => {
                 tracing::debug!(
                     book_id = %event.book_id,
@@ -498,5 +508,12 @@ fn is_transient(error: &anyhow::Error) -> bool {
                     )
             })
             || cause.is::<crate::summary::Contended>()
+            || cause.is::<ApplyTimedOut>()
     })
 }
+
+/// An event's apply, several MongoDB and Redis round trips, took longer
+/// than `APPLY_TIMEOUT_FACTOR` dependency timeouts: a server hangs.
+#[derive(Debug, thiserror::Error)]
+#[error("applying the event took longer than {0:?}")]
+struct ApplyTimedOut(Duration);

@@ -118,7 +118,13 @@ impl Application {
                 stopping: stop.token.clone(),
             },
         };
-        let router = routes::router(state, BODY_LIMIT);
+        // A read may wait for its version, then read MongoDB and Redis; this
+        // bounds one whose server hangs.
+        let router = routes::router(
+            state,
+            BODY_LIMIT,
+            settings.read_your_writes_timeout + settings.dependency_timeout * 3,
+        );
         let server =
             HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
         Ok(Self {

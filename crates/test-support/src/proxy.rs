@@ -10,8 +10,11 @@ use std::{
 };
 
 use tokio::{
-    io::copy_bidirectional,
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpListener, TcpStream,
+    },
     sync::watch,
 };
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,8 @@ pub struct TcpProxy {
     address: SocketAddr,
     scheme: Scheme,
     down: Arc<AtomicBool>,
+    /// While true, nothing is forwarded either way: the server hangs.
+    hung: watch::Sender<bool>,
     /// Bumped on every cut, so live connections close.
     generation: watch::Sender<u64>,
     stop: CancellationToken,
@@ -57,11 +62,13 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
+        let (hung, _) = watch::channel(false);
         let (generation, _) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let target = target.to_owned();
         {
             let down = down.clone();
+            let hung = hung.clone();
             let generation = generation.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -70,7 +77,7 @@ impl TcpProxy {
                         () = stop.cancelled() => return,
                         accepted = listener.accept() => accepted,
                     };
-                    let Ok((mut client, _)) = accepted else {
+                    let Ok((client, _)) = accepted else {
                         continue;
                     };
                     if down.load(Ordering::SeqCst) {
@@ -78,14 +85,18 @@ impl TcpProxy {
                         continue;
                     }
                     let mut cut = generation.subscribe();
-                    let target = target.clone();
                     let stop = stop.clone();
+                    let target = target.clone();
+                    let (up_hung, down_hung) = (hung.subscribe(), hung.subscribe());
                     tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(&target).await else {
+                        let Ok(server) = TcpStream::connect(&target).await else {
                             return;
                         };
+                        let (from_client, to_client) = client.into_split();
+                        let (from_server, to_server) = server.into_split();
                         tokio::select! {
-                            _ = copy_bidirectional(&mut client, &mut server) => {}
+                            () = pump(from_client, to_server, up_hung) => {}
+                            () = pump(from_server, to_client, down_hung) => {}
                             _ = cut.changed() => {}
                             () = stop.cancelled() => {}
                         }
@@ -97,6 +108,7 @@ impl TcpProxy {
             address,
             scheme,
             down,
+            hung,
             generation,
             stop,
         }
@@ -112,9 +124,33 @@ impl TcpProxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Keeps every connection open, live ones included, and forwards
+    /// nothing until `restore`: a server that hangs rather than goes away.
+    pub fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+
     /// Accepts and forwards connections again.
     pub fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+        self.hung.send_replace(false);
+    }
+}
+
+/// Forwards what `from` sends to `to`, holding it while `hung`.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut hung: watch::Receiver<bool>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if hung.wait_for(|hung| !*hung).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -53,7 +53,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     platform::openapi::split(routes()).1
 }
 
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// The service's routes; a request still running after `deadline` gets 503.
+pub fn router(state: AppState, body_limit: usize, deadline: std::time::Duration) -> Router {
     let (routes, _) = platform::openapi::split(routes());
-    platform::http::with_common_layers(routes.with_state(state), body_limit)
+    platform::http::with_common_layers(routes.with_state(state), body_limit, deadline)
 }

@@ -333,3 +333,31 @@ async fn mongodb_unreachable_gets_a_503_fast_and_writes_nothing_then_service_res
         "the refused write must not be stored"
     );
 }
+
+#[tokio::test]
+async fn mongodb_that_hangs_gets_a_503_within_the_deadline_then_service_resumes() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
+    let app = spawn_app_with(settings).await;
+    // A pooled connection exists: the hang catches it mid-request.
+    assert_eq!(app.post_book(&valid_book()).await.status(), 201);
+
+    proxy.hang();
+    let started = Instant::now();
+    let response = app.post_book(&valid_book()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "urn:books:problem:service-unavailable");
+    // The deadline is three dependency timeouts (1 s each here).
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+
+    proxy.restore();
+    test_support::eventually(
+        "commands accepted again",
+        Duration::from_secs(10),
+        || async { (app.post_book(&valid_book()).await.status() == 201).then_some(()) },
+    )
+    .await;
+}

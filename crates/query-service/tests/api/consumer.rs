@@ -246,6 +246,46 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
 }
 
 #[tokio::test]
+async fn a_hung_mongodb_does_not_hold_the_batch_for_ever() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    settings.mongo_url = platform::RedactedUrl::new(proxy.url());
+    settings.max_deliveries = 1;
+    let app = spawn_app_with(settings).await;
+    let before = new_book("Before the hang");
+    app.publish(&BookEvent::created(&before, None)).await;
+    app.wait_for_version(before.id.as_str(), 1).await;
+
+    proxy.hang();
+    let book = new_book("Through the hang");
+    app.publish(&BookEvent::created(&book, None)).await;
+    // The apply gives up after a bounded time and hands the delivery back,
+    // as for any outage.
+    eventually("the hung delivery given back", DEADLINE, || async {
+        let mut redis = app.redis.clone();
+        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&app.settings.stream)
+            .arg(&app.settings.group)
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query_async(&mut redis)
+            .await
+            .ok()?;
+        pending
+            .ids
+            .iter()
+            .any(|entry| entry.times_delivered == 0)
+            .then_some(())
+    })
+    .await;
+
+    proxy.restore();
+    app.wait_for_version(book.id.as_str(), 1).await;
+    assert_eq!(app.dead_letter_count().await, 0);
+}
+
+#[tokio::test]
 async fn entries_a_vanished_consumer_left_pending_are_claimed_and_applied() {
     let mut settings = test_settings().await;
     settings.claim_idle = std::time::Duration::from_millis(200);
