@@ -211,28 +211,7 @@ async fn events_are_not_acknowledged_while_mongodb_is_down_and_apply_when_it_ret
     app.publish(&BookEvent::created(&book, None)).await;
     // A delivery that failed for the outage is given back: the entry's
     // delivery count drops to zero instead of climbing.
-    eventually(
-        "a failed delivery given back, the event not acknowledged",
-        DEADLINE,
-        || async {
-            let mut redis = app.redis.clone();
-            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-                .arg(&app.settings.stream)
-                .arg(&app.settings.group)
-                .arg("-")
-                .arg("+")
-                .arg(10)
-                .query_async(&mut redis)
-                .await
-                .ok()?;
-            pending
-                .ids
-                .iter()
-                .any(|entry| entry.times_delivered == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    app.wait_until_a_delivery_is_given_back().await;
 
     proxy.restore();
     tokio::time::timeout(std::time::Duration::from_secs(40), async {
@@ -261,24 +240,7 @@ async fn a_hung_mongodb_does_not_hold_the_batch_for_ever() {
     app.publish(&BookEvent::created(&book, None)).await;
     // The apply gives up after a bounded time and hands the delivery back,
     // as for any outage.
-    eventually("the hung delivery given back", DEADLINE, || async {
-        let mut redis = app.redis.clone();
-        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&app.settings.stream)
-            .arg(&app.settings.group)
-            .arg("-")
-            .arg("+")
-            .arg(10)
-            .query_async(&mut redis)
-            .await
-            .ok()?;
-        pending
-            .ids
-            .iter()
-            .any(|entry| entry.times_delivered == 0)
-            .then_some(())
-    })
-    .await;
+    app.wait_until_a_delivery_is_given_back().await;
 
     proxy.restore();
     app.wait_for_version(book.id.as_str(), 1).await;

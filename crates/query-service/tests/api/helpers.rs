@@ -290,6 +290,30 @@ impl TestApp {
         self.app.stop().await;
     }
 
+    /// Waits until a failed delivery was handed back (its delivery count
+    /// reset to zero), as the consumer does for an outage: the event stays
+    /// unacknowledged and never counts towards dead-lettering.
+    pub(crate) async fn wait_until_a_delivery_is_given_back(&self) {
+        eventually("a failed delivery given back", DEADLINE, || async {
+            let mut redis = self.redis.clone();
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&self.settings.stream)
+                .arg(&self.settings.group)
+                .arg("-")
+                .arg("+")
+                .arg(10)
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            pending
+                .ids
+                .iter()
+                .any(|entry| entry.times_delivered == 0)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Starts the stop, as SIGTERM would, without waiting for it.
     pub(crate) fn begin_stop(&self) {
         self.app.begin_stop();
