@@ -25,7 +25,11 @@
 //! (indexes, and author keys of books an older version wrote): the service
 //! starts while MongoDB is down, and consuming does not wait for it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
@@ -378,14 +382,43 @@ impl Consumer {
         entries: Vec<redis::streams::StreamId>,
         deliveries: &HashMap<String, u64>,
     ) -> anyhow::Result<Option<anyhow::Error>> {
-        let outcomes: Vec<(String, HashMap<String, Value>, Outcome)> = stream::iter(entries)
+        let applied: Vec<AppliedEntry> = stream::iter(entries)
             .map(|entry| async move {
-                let outcome = self.apply(&entry.map).await;
-                (entry.id, entry.map, outcome)
+                let (outcome, author_keys) = self.apply(&entry.map).await;
+                (entry.id, entry.map, outcome, author_keys)
             })
             .buffered(APPLY_CONCURRENCY)
             .collect()
             .await;
+        // Each author summary the batch touched is recomputed once, however
+        // many of its events name it; an event is done only once all of its
+        // authors' summaries are.
+        let keys: HashSet<String> = applied
+            .iter()
+            .filter(|(_, _, outcome, _)| matches!(outcome, Outcome::Done))
+            .flat_map(|(_, _, _, keys)| keys.iter().cloned())
+            .collect();
+        let recomputed: Vec<(String, Result<(), SummaryFailed>)> = stream::iter(keys)
+            .map(|key| async move {
+                let outcome = self.recompute(&key).await;
+                (key, outcome)
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
+        let failed: HashMap<String, SummaryFailed> = recomputed
+            .into_iter()
+            .filter_map(|(key, outcome)| outcome.err().map(|error| (key, error)))
+            .collect();
+        let outcomes = applied.into_iter().map(|(id, fields, outcome, keys)| {
+            let outcome = match keys.iter().find_map(|key| failed.get(key)) {
+                Some(error) if matches!(outcome, Outcome::Done) => {
+                    Outcome::Retry(anyhow::Error::new(error.clone()))
+                }
+                _ => outcome,
+            };
+            (id, fields, outcome)
+        });
 
         // Atomic, so an entry is never acknowledged without its dead-letter
         // copy.
@@ -456,24 +489,31 @@ impl Consumer {
         Ok(first_error)
     }
 
-    async fn apply(&self, fields: &HashMap<String, Value>) -> Outcome {
+    /// Applies the book's part of one entry; the author keys whose
+    /// summaries it needs are returned with a done outcome.
+    async fn apply(&self, fields: &HashMap<String, Value>) -> (Outcome, Vec<String>) {
         let data = match fields.get("data") {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => return Outcome::DeadLetter("entry has no data field".to_owned()),
+            _ => {
+                return (
+                    Outcome::DeadLetter("entry has no data field".to_owned()),
+                    Vec::new(),
+                )
+            }
         };
         let event = match BookEvent::from_json(&data) {
             Ok(event) => event,
-            Err(error) => return Outcome::DeadLetter(error.to_string()),
+            Err(error) => return (Outcome::DeadLetter(error.to_string()), Vec::new()),
         };
         // The MongoDB driver bounds connecting, not answering: a server that
         // accepts and then hangs would hold the batch for ever.
-        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
-        let applied = match tokio::time::timeout(bound, self.projector.apply(&event)).await {
+        let bound = self.apply_bound();
+        let applied = match tokio::time::timeout(bound, self.projector.apply_book(&event)).await {
             Ok(applied) => applied,
             Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
         };
         match applied {
-            Ok(applied) => {
+            Ok((applied, author_keys)) => {
                 tracing::debug!(
                     book_id = %event.book_id,
                     version = event.version,
@@ -482,11 +522,45 @@ impl Consumer {
                     traceparent = event.traceparent.as_deref().unwrap_or("-"),
                     "event applied"
                 );
-                Outcome::Done
+                (Outcome::Done, author_keys)
             }
-            Err(error) => Outcome::Retry(error),
+            Err(error) => (Outcome::Retry(error), Vec::new()),
         }
     }
+
+    /// Recomputes one author summary, bounded like an apply.
+    async fn recompute(&self, key: &str) -> Result<(), SummaryFailed> {
+        let bound = self.apply_bound();
+        let outcome =
+            match tokio::time::timeout(bound, self.projector.summaries.recompute(key)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
+            };
+        outcome.map_err(|error| SummaryFailed {
+            key: key.to_owned(),
+            transient: is_transient(&error),
+            message: format!("{error:#}"),
+        })
+    }
+
+    fn apply_bound(&self) -> Duration {
+        self.timeout * APPLY_TIMEOUT_FACTOR
+    }
+}
+
+/// An entry after its book was applied: id, fields, outcome, and the
+/// author keys whose summaries it waits for.
+type AppliedEntry = (String, HashMap<String, Value>, Outcome, Vec<String>);
+
+/// An author summary that could not be recomputed, shared by every event
+/// of the batch that needed it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the summary of author {key:?} could not be recomputed: {message}")]
+struct SummaryFailed {
+    key: String,
+    /// Whether the cause passes by itself (see `is_transient`).
+    transient: bool,
+    message: String,
 }
 
 /// Whether `error` is one that passes by itself: MongoDB or Redis
@@ -509,6 +583,9 @@ fn is_transient(error: &anyhow::Error) -> bool {
             })
             || cause.is::<crate::summary::Contended>()
             || cause.is::<ApplyTimedOut>()
+            || cause
+                .downcast_ref::<SummaryFailed>()
+                .is_some_and(|failed| failed.transient)
     })
 }
 
