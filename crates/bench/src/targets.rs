@@ -11,6 +11,9 @@ use platform::RedactedUrl;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
+/// Authors the created books are spread over.
+const AUTHORS: u32 = 1000;
+
 /// The running system, through its HTTP APIs.
 #[derive(Clone)]
 pub(crate) struct System {
@@ -30,13 +33,16 @@ impl System {
         })
     }
 
-    /// `POST /books`; the new book's id and version.
+    /// `POST /books`; the new book's id and version. Books spread over
+    /// `AUTHORS` authors, as a catalogue's do: each change recomputes its
+    /// author's summary from that author's books.
     pub(crate) async fn create(&self, title: &str) -> anyhow::Result<(String, u64)> {
+        let author = format!("Author {}", rand::random::<u32>() % AUTHORS);
         let response = self
             .http
             .post(format!("{}/books", self.command_url))
             .header("authorization", &*self.authorization)
-            .json(&json!({ "title": title, "author": "Benchmark Author", "publishedYear": 2024 }))
+            .json(&json!({ "title": title, "author": author, "publishedYear": 2024 }))
             .send()
             .await?;
         if response.status() != 201 {
