@@ -139,9 +139,17 @@ impl Snapshot {
                 _ => false,
             };
             if !agrees {
+                // One version, two states: two writes both won a
+                // compare-and-set from the version before.
+                let forked = read.and_then(State::version) == written.version();
                 differences.push(format!(
-                    "book {id}: write model {written:?}, read model {}",
-                    read.map_or("none".to_owned(), |r| format!("{r:?}"))
+                    "book {id}: write model {written:?}, read model {}{}",
+                    read.map_or("none".to_owned(), |r| format!("{r:?}")),
+                    if forked {
+                        " (two states at one version: two writes won from the same version)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
@@ -325,30 +333,23 @@ pub(crate) struct Models<'a> {
 }
 
 /// Whether the query services' group has been handed every entry of the
-/// stream and acknowledged all of them: until then the models are
-/// compared only every `COMPARE_ANYWAY`.
-async fn caught_up(models: &Models<'_>) -> bool {
-    let Ok(mut connection) = models.redis.get_multiplexed_async_connection().await else {
-        return false;
-    };
-    let stream: redis::RedisResult<StreamInfoStreamReply> = redis::cmd("XINFO")
+/// stream and acknowledged all of them; `None` when Redis does not say.
+pub(crate) async fn caught_up(redis: &redis::Client, names: &Names) -> Option<bool> {
+    let mut connection = redis.get_multiplexed_async_connection().await.ok()?;
+    let stream: StreamInfoStreamReply = redis::cmd("XINFO")
         .arg("STREAM")
-        .arg(&models.names.stream)
+        .arg(&names.stream)
         .query_async(&mut connection)
-        .await;
-    let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .await
+        .ok()?;
+    let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(&models.names.stream)
+        .arg(&names.stream)
         .query_async(&mut connection)
-        .await;
-    let (Ok(stream), Ok(groups)) = (stream, groups) else {
-        return false;
-    };
-    groups.groups.iter().any(|group| {
-        group.name == models.names.group
-            && group.pending == 0
-            && group.last_delivered_id == stream.last_generated_id
-    })
+        .await
+        .ok()?;
+    let group = groups.groups.iter().find(|g| g.name == names.group)?;
+    Some(group.pending == 0 && group.last_delivered_id == stream.last_generated_id)
 }
 
 /// Compares the models (and the API sample) until they agree or `deadline`
@@ -368,7 +369,11 @@ pub(crate) async fn converge(
     let mut next_comparison = Instant::now();
     loop {
         let now = Instant::now();
-        let compare = now >= next_comparison || now >= give_up || caught_up(models).await;
+        // Until the group has caught up, the models are compared only every
+        // `COMPARE_ANYWAY`.
+        let compare = now >= next_comparison
+            || now >= give_up
+            || caught_up(&models.redis, models.names).await == Some(true);
         if !compare {
             tokio::time::sleep(RECHECK).await;
             continue;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::{
     audit::{Audit, AuditStats},
     burst::{Burst, BurstResult, Outcome, Progress, Sharing, Write},
-    convergence::{converge, Convergence, Models},
+    convergence::{caught_up, converge, Convergence, Models},
     processes::Binaries,
     report::Row,
     support::{eventually, seconds, tail},
@@ -35,6 +35,9 @@ const OUTAGE_MAX: Duration = Duration::from_secs(5);
 /// MongoDB is down: a change may first wait for the book's lock, held by
 /// another write that is itself waiting for MongoDB.
 const UNAVAILABLE_SLACK: Duration = Duration::from_secs(2);
+/// How long the Redis fault waits for the query services to have
+/// something left to apply.
+const BEHIND_DEADLINE: Duration = Duration::from_secs(30);
 /// Log lines shown per process when a scenario fails.
 const LOG_LINES: usize = 40;
 
@@ -129,6 +132,7 @@ struct Injected {
     up: Option<Instant>,
     /// Entry ids of the poison appended to the stream.
     poison: Vec<String>,
+    notes: Vec<String>,
 }
 
 /// Runs one scenario from start to report; never panics on a failed check.
@@ -230,6 +234,7 @@ async fn exercise(scenario: &Scenario, system: &mut System, row: &mut Row) -> an
         row.notes
             .push(format!("down for {:.1} s", seconds(up - down)));
     }
+    row.notes.extend(injected.notes);
     if audit.regrouped > 0 {
         row.notes.push(format!(
             "audit group created again {} time(s) (Redis lost it)",
@@ -268,6 +273,21 @@ async fn inject(
             system.restart_service(false, 0).await?;
         }
         Fault::RestartRedis => {
+            // Kill it while the stream holds entries the query services
+            // have not applied yet: those are what a Redis without
+            // persistence loses.
+            let redis = redis::Client::open(system.redis_url())?;
+            let behind = eventually(
+                "the query services to be behind the stream",
+                BEHIND_DEADLINE,
+                || async { (caught_up(&redis, &system.names).await == Some(false)).then_some(()) },
+            )
+            .await;
+            if behind.is_err() {
+                injected.notes.push(format!(
+                    "the query services were never behind the stream for {BEHIND_DEADLINE:?}: Redis was killed with nothing unapplied"
+                ));
+            }
             system.redis.kill().await?;
             injected.down = Some(Instant::now());
             outage(progress).await;
