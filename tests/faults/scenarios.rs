@@ -33,8 +33,9 @@ const OUTAGE_WRITES: usize = WRITES / 6;
 const OUTAGE_MAX: Duration = Duration::from_secs(5);
 /// How much longer than `DEPENDENCY_TIMEOUT_MS` a write may take while
 /// MongoDB is down: a change may first wait for the book's lock, held by
-/// another write that is itself waiting for MongoDB.
-const UNAVAILABLE_SLACK: Duration = Duration::from_secs(2);
+/// another change or by the relay's clear, each itself waiting up to the
+/// timeout for MongoDB. Anything beyond is a hang.
+const UNAVAILABLE_SLACK: Duration = Duration::from_secs(4);
 /// How long the Redis fault waits for the query services to have
 /// something left to apply.
 const BEHIND_DEADLINE: Duration = Duration::from_secs(30);
@@ -184,9 +185,13 @@ async fn exercise(scenario: &Scenario, system: &mut System, row: &mut Row) -> an
     let injected = inject(scenario.fault, system, &progress).await;
     let burst: BurstResult = burst.await??;
     let injected = injected?;
-    row.burst = burst.writes.last().map_or(Duration::ZERO, |last| {
-        last.ended() - burst.writes[0].started
-    });
+    row.burst = match (
+        burst.writes.first(),
+        burst.writes.iter().map(Write::ended).max(),
+    ) {
+        (Some(first), Some(last)) => last - first.started,
+        _ => Duration::ZERO,
+    };
     row.count(&burst.writes);
 
     let http = reqwest::Client::builder()

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 
 use crate::{
     processes::{Binaries, Process, Recipe},
-    support::{eventually, free_port, port_open},
+    support::{eventually, free_ports, port_open},
 };
 
 /// The bearer token the scenario's command services accept.
@@ -112,9 +112,12 @@ impl System {
             audit_group: "fault-audit".to_owned(),
         };
 
-        let ferret_port = free_port()?;
+        let mut ports = free_ports(2 + 2 * topology.replicas)?.into_iter();
+        let mut port = || ports.next().expect("a port for each process");
+        let (ferret_port, redis_port) = (port(), port());
+        let query_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
+        let command_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
         let ferret = Process::start(ferret_recipe(binaries, dir.path(), ferret_port)?)?;
-        let redis_port = free_port()?;
         let redis = Process::start(redis_recipe(
             binaries,
             dir.path(),
@@ -147,9 +150,6 @@ impl System {
         system.await_redis().await?;
         crate::audit::create_group(&system.redis_url(), &system.names).await?;
 
-        let query_ports: Vec<u16> = (0..topology.replicas)
-            .map(|_| free_port())
-            .collect::<Result<_, _>>()?;
         for (index, port) in query_ports.iter().enumerate() {
             let recipe = system.query_recipe(binaries, index, *port);
             system.queries.push(Service {
@@ -157,8 +157,7 @@ impl System {
                 port: *port,
             });
         }
-        for index in 0..topology.replicas {
-            let port = free_port()?;
+        for (index, port) in command_ports.into_iter().enumerate() {
             let recipe = system.command_recipe(binaries, index, port, query_ports[0]);
             system.commands.push(Service {
                 process: Process::start(recipe)?,
