@@ -505,14 +505,7 @@ impl Consumer {
             Ok(event) => event,
             Err(error) => return (Outcome::DeadLetter(error.to_string()), Vec::new()),
         };
-        // The MongoDB driver bounds connecting, not answering: a server that
-        // accepts and then hangs would hold the batch for ever.
-        let bound = self.apply_bound();
-        let applied = match tokio::time::timeout(bound, self.projector.apply_book(&event)).await {
-            Ok(applied) => applied,
-            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
-        };
-        match applied {
+        match self.bounded(self.projector.apply_book(&event)).await {
             Ok((applied, author_keys)) => {
                 tracing::debug!(
                     book_id = %event.book_id,
@@ -530,12 +523,7 @@ impl Consumer {
 
     /// Recomputes one author summary, bounded like an apply.
     async fn recompute(&self, key: &str) -> Result<(), SummaryFailed> {
-        let bound = self.apply_bound();
-        let outcome =
-            match tokio::time::timeout(bound, self.projector.summaries.recompute(key)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
-            };
+        let outcome = self.bounded(self.projector.summaries.recompute(key)).await;
         outcome.map_err(|error| SummaryFailed {
             key: key.to_owned(),
             transient: is_transient(&error),
@@ -543,8 +531,18 @@ impl Consumer {
         })
     }
 
-    fn apply_bound(&self) -> Duration {
-        self.timeout * APPLY_TIMEOUT_FACTOR
+    /// Runs `work`, giving up after `APPLY_TIMEOUT_FACTOR` dependency
+    /// timeouts: the MongoDB driver bounds connecting, not answering, so a
+    /// server that accepts and then hangs would hold the batch for ever.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
+        match tokio::time::timeout(bound, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
+        }
     }
 }
 

@@ -121,14 +121,12 @@ impl Repair {
                 }
                 let mut pipe = redis::pipe();
                 for event in &events {
-                    pipe.cmd("XADD")
-                        .arg(stream)
-                        .arg("*")
-                        .arg("type")
-                        .arg(event.event_type.as_str())
-                        .arg("data")
-                        .arg(event.to_json())
-                        .ignore();
+                    platform::stream::append(
+                        &mut pipe,
+                        stream,
+                        event.event_type.as_str(),
+                        &event.to_json(),
+                    );
                 }
                 pipe.query_async::<()>(&mut redis.clone()).await?;
                 Ok(events.len() as u64)
