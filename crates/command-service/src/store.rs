@@ -6,12 +6,11 @@
 //! Conditional writes (the compare-and-set of a change, the relay's clear)
 //! also hold this process's lock on the document: FerretDB v1 does not apply
 //! an update's filter atomically (see `platform::locks`). A change holds it
-//! from the read of the current version to its write, so writers in one
-//! process never lose a compare-and-set to each other.
+//! from the read of the current version until the database has answered its
+//! write (even when the request stops waiting), so writers in one process
+//! never lose a compare-and-set to each other.
 
 use std::sync::Arc;
-
-use tokio::sync::MutexGuard;
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
@@ -19,7 +18,7 @@ use futures::TryStreamExt;
 use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
 use platform::{
     document::{BookDocument, CorruptBook, StoredBook},
-    locks::DocumentLocks,
+    locks::{finish_locked, DocumentGuard, DocumentLocks},
 };
 
 use domain::Book;
@@ -66,12 +65,13 @@ pub enum StoreError {
 
 /// This process's lock on one book document, held from reading a book to
 /// writing its next version.
-pub struct BookLock<'a> {
-    _guard: MutexGuard<'a, ()>,
+pub struct BookLock {
+    guard: DocumentGuard,
 }
 
 #[derive(Clone)]
 pub struct BookStore {
+    db: Database,
     books: Collection<Document>,
     locks: Arc<DocumentLocks>,
 }
@@ -79,6 +79,7 @@ pub struct BookStore {
 impl BookStore {
     pub fn new(db: &Database) -> Self {
         Self {
+            db: db.clone(),
             books: db.collection(BOOKS),
             locks: Arc::default(),
         }
@@ -123,9 +124,9 @@ impl BookStore {
     }
 
     /// Waits for this process's lock on book `id`.
-    pub async fn lock(&self, id: ObjectId) -> BookLock<'_> {
+    pub async fn lock(&self, id: ObjectId) -> BookLock {
         BookLock {
-            _guard: self.locks.lock(&id).await,
+            guard: self.locks.lock(&id).await,
         }
     }
 
@@ -148,7 +149,7 @@ impl BookStore {
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn update(
         &self,
-        _locked: &BookLock<'_>,
+        locked: BookLock,
         id: ObjectId,
         expected: u64,
         book: &Book,
@@ -165,7 +166,7 @@ impl BookStore {
             "$push": { "outbox": event_json },
             "$min": { "outboxAt": DateTime::now() },
         };
-        self.compare_and_set(id, expected, update).await
+        self.compare_and_set(locked, id, expected, update).await
     }
 
     /// Marks the book deleted at `version` (its content removed, the
@@ -174,7 +175,7 @@ impl BookStore {
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn delete(
         &self,
-        _locked: &BookLock<'_>,
+        locked: BookLock,
         id: ObjectId,
         expected: u64,
         version: u64,
@@ -191,11 +192,12 @@ impl BookStore {
             "$push": { "outbox": event_json },
             "$min": { "outboxAt": DateTime::now() },
         };
-        self.compare_and_set(id, expected, update).await
+        self.compare_and_set(locked, id, expected, update).await
     }
 
     async fn compare_and_set(
         &self,
+        locked: BookLock,
         id: ObjectId,
         expected: u64,
         update: Document,
@@ -205,7 +207,11 @@ impl BookStore {
             "version": to_i64(expected),
             "deleted": { "$ne": true },
         };
-        let result = self.books.update_one(filter, update).await?;
+        let books = self.books.clone();
+        let result = finish_locked(locked.guard, async move {
+            books.update_one(filter, update).await
+        })
+        .await?;
         Ok(result.modified_count == 1)
     }
 
@@ -257,43 +263,78 @@ impl BookStore {
         if published.is_empty() {
             return Ok(());
         }
-        let _locked = self.locks.lock_all(published.iter().map(|p| p.id)).await;
-        let guards: Vec<Document> = published
-            .iter()
-            .map(|p| match p.guard {
-                ClearGuard::OutboxUnchanged => doc! { "_id": p.id, "outbox": &p.events },
-                ClearGuard::Version(version) => doc! { "_id": p.id, "version": version },
-            })
-            .collect();
-        let result = self
-            .books
-            .update_many(
-                doc! { "$or": guards },
-                doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
-            )
-            .await?;
-        if result.matched_count < published.len() as u64 {
-            // Some outboxes changed meanwhile; pulling what was sent is
-            // idempotent, so do it for all of them.
-            for p in published {
-                self.books
-                    .update_one(
-                        doc! { "_id": p.id },
-                        doc! { "$pullAll": { "outbox": &p.events } },
-                    )
-                    .await?;
-            }
-            // Those whose outbox is now empty have nothing left pending.
-            let ids: Vec<ObjectId> = published.iter().map(|p| p.id).collect();
-            self.books
-                .update_many(
-                    doc! { "_id": { "$in": ids }, "outbox": [] },
-                    doc! { "$unset": { "outboxAt": "" } },
-                )
-                .await?;
-        }
-        Ok(())
+        let locked = self.locks.lock_all(published.iter().map(|p| p.id)).await;
+        let db = self.db.clone();
+        let published = published.to_vec();
+        finish_locked(locked, async move { clear_outboxes(&db, &published).await }).await
     }
+}
+
+/// Clears what `published` names from each book's outbox; the caller holds
+/// the books' locks.
+async fn clear_outboxes(db: &Database, published: &[Published]) -> mongodb::error::Result<()> {
+    let cleared = published.iter().map(|p| {
+        let filter = match p.guard {
+            ClearGuard::OutboxUnchanged => doc! { "_id": p.id, "outbox": &p.events },
+            ClearGuard::Version(version) => doc! { "_id": p.id, "version": version },
+        };
+        (
+            filter,
+            doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
+        )
+    });
+    let matched = update_each(db, cleared).await?;
+    if matched < published.len() as u64 {
+        // Some outboxes changed meanwhile; pulling what was sent is
+        // idempotent, so do it for all of them.
+        let pulled = published.iter().map(|p| {
+            (
+                doc! { "_id": p.id },
+                doc! { "$pullAll": { "outbox": &p.events } },
+            )
+        });
+        update_each(db, pulled).await?;
+        // Those whose outbox is now empty have nothing left pending.
+        let emptied = published.iter().map(|p| {
+            (
+                doc! { "_id": p.id, "outbox": [] },
+                doc! { "$unset": { "outboxAt": "" } },
+            )
+        });
+        update_each(db, emptied).await?;
+    }
+    Ok(())
+}
+
+/// Runs one `update` command with a statement per `(filter, update)`, each
+/// filter naming one `_id`, and returns how many documents matched. One
+/// round trip, like an `update_many` of an `$or`, but each statement is a
+/// lookup by key, where FerretDB scans the whole collection for an `$or`.
+async fn update_each(
+    db: &Database,
+    statements: impl Iterator<Item = (Document, Document)>,
+) -> mongodb::error::Result<u64> {
+    let updates: Vec<Document> = statements
+        .map(|(filter, update)| doc! { "q": filter, "u": update })
+        .collect();
+    let reply = db
+        .run_command(doc! { "update": BOOKS, "updates": updates, "ordered": false })
+        .await?;
+    if let Some(error) = reply
+        .get_array("writeErrors")
+        .ok()
+        .and_then(|errors| errors.first())
+    {
+        return Err(mongodb::error::Error::custom(format!(
+            "outbox clear failed: {error}"
+        )));
+    }
+    let matched = match reply.get("n") {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    Ok(u64::try_from(matched).unwrap_or(0))
 }
 
 fn to_i64(version: u64) -> i64 {

@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use mongodb::{error::ErrorKind, Collection, Database, IndexModel};
 use platform::{
     document::{BookDocument, StoredBook},
-    locks::DocumentLocks,
+    locks::{finish_locked, DocumentLocks},
 };
 use serde::Deserialize;
 
@@ -196,23 +196,27 @@ impl ReadModel {
         // only if what is stored is still older.
         let filter = doc! { "_id": id, "version": { "$lt": version } };
         let books = self.books();
-        let _locked = self.locks.lock(&id).await;
-        match books
-            .update_one(filter.clone(), update.clone())
-            .upsert(true)
-            .await
-        {
-            Ok(_) => Ok(Applied::Written),
-            Err(error) if is_duplicate_key(&error) => {
-                let result = books.update_one(filter, update).await?;
-                Ok(if result.matched_count == 1 {
-                    Applied::Written
-                } else {
-                    Applied::Stale
-                })
+        let locked = self.locks.lock(&id).await;
+        // To its end even if the apply times out (see `finish_locked`).
+        finish_locked(locked, async move {
+            match books
+                .update_one(filter.clone(), update.clone())
+                .upsert(true)
+                .await
+            {
+                Ok(_) => Ok(Applied::Written),
+                Err(error) if is_duplicate_key(&error) => {
+                    let result = books.update_one(filter, update).await?;
+                    Ok(if result.matched_count == 1 {
+                        Applied::Written
+                    } else {
+                        Applied::Stale
+                    })
+                }
+                Err(error) => Err(error),
             }
-            Err(error) => Err(error),
-        }
+        })
+        .await
     }
 
     /// The document of a book, live or deleted; `None` when unknown.

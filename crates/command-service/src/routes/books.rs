@@ -447,7 +447,7 @@ async fn execute(
                 let json = event.to_json();
                 if state
                     .store
-                    .delete(&locked, object_id, current.version, version, at, &json)
+                    .delete(locked, object_id, current.version, version, at, &json)
                     .await?
                 {
                     publish(state, object_id, &event, json, stored_at);
@@ -476,7 +476,7 @@ async fn execute(
         let json = event.to_json();
         if state
             .store
-            .update(&locked, object_id, current.version, &next, &json)
+            .update(locked, object_id, current.version, &next, &json)
             .await?
         {
             publish(state, object_id, &event, json, stored_at);
