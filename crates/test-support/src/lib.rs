@@ -9,6 +9,7 @@
 mod app;
 mod cleanup;
 mod containers;
+pub mod logs;
 mod proxy;
 
 use std::{future::Future, time::Duration};
