@@ -1,6 +1,6 @@
 //! The HTTP pieces both services share: JSON body and query string
 //! extractors whose every rejection is a precise problem+json, the layers every route gets
-//! (request id, trace context, logging, body limit, panic guard)
+//! (request id, trace context, logging, metrics, body limit, panic guard)
 //! and the fallbacks for unknown routes and methods.
 
 use std::time::Duration;
@@ -371,10 +371,10 @@ async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -
 
 /// Wraps `router` in the layers every service route gets: problem+json
 /// fallbacks, a body size limit, a deadline per request, a guard that turns
-/// a panic into a 500 problem, a trace context (see `trace`), and an
-/// `x-request-id` on every request (kept if the client sent one) echoed in
-/// the response. The request id and the trace id are on every log line of
-/// the request.
+/// a panic into a 500 problem, request counts and latencies (see
+/// `metrics`), a trace context (see `trace`), and an `x-request-id` on
+/// every request (kept if the client sent one) echoed in the response.
+/// The request id and the trace id are on every log line of the request.
 pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Duration) -> Router {
     router
         .fallback(not_found)
@@ -385,6 +385,7 @@ pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Dur
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_to_problem))
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {

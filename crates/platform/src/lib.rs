@@ -1,6 +1,6 @@
 //! What both book services share: logging setup, the problem+json error
 //! body, the HTTP layers every route gets, shutdown on signals, health
-//! checks, trace context and connections to MongoDB and Redis.
+//! checks, metrics, trace context and connections to MongoDB and Redis.
 
 pub mod connect;
 pub mod document;
@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod lease;
 pub mod locks;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod server;

@@ -10,6 +10,7 @@ mod app;
 mod cleanup;
 mod containers;
 pub mod logs;
+pub mod metrics;
 mod proxy;
 
 use std::{future::Future, time::Duration};

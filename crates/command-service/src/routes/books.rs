@@ -498,7 +498,8 @@ async fn execute(
     .into())
 }
 
-/// Hands a stored event to the relay for immediate publication.
+/// Counts a stored event and hands it to the relay for immediate
+/// publication.
 fn publish(
     state: &AppState,
     book_id: ObjectId,
@@ -506,6 +507,7 @@ fn publish(
     json: String,
     stored_at: tokio::time::Instant,
 ) {
+    crate::metrics::event_appended(event.event_type.as_str());
     state.outbox.notify(Outgoing {
         book_id,
         event_type: event.event_type.as_str(),
