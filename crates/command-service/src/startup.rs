@@ -65,6 +65,7 @@ impl Application {
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                workers: Vec::new(),
                 stopping: stop.token.clone(),
             },
             query_base_url: Arc::from(settings.query_base_url.as_str()),

@@ -21,6 +21,9 @@
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
+//! The consumer reports itself up (to readiness) once a read from the
+//! group succeeded, and down while its session fails.
+//!
 //! Beside the consumption, the read model is readied with the same backoff
 //! (indexes, and author keys of books an older version wrote): the service
 //! starts while MongoDB is down, and consuming does not wait for it.
@@ -29,6 +32,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
+use platform::health::WorkerStatus;
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +95,9 @@ pub struct Consumer {
     /// Notified when the group had to be created, which after the first
     /// start means Redis lost it, and possibly events with it.
     pub group_created: Arc<Notify>,
+    /// Up once a read from the group succeeded, down while a session
+    /// fails: what readiness says of the consumer.
+    pub status: WorkerStatus,
 }
 
 /// Where the next read starts: our own pending entries after this id, or
@@ -134,6 +141,7 @@ impl Consumer {
             match self.consume(shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
+                    self.status.down();
                     tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "event consumer failed");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -240,6 +248,7 @@ impl Consumer {
                 () = shutdown.cancelled() => return Ok(()),
                 reply = read.query_async(&mut connection) => reply?,
             };
+            self.status.up();
             let entries = reply
                 .and_then(|r| r.keys.into_iter().next())
                 .map(|k| k.ids)

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use platform::{
     document::BookDocument,
-    health::Dependencies,
+    health::{Dependencies, WorkerStatus},
     lease::Lease,
     server::{HttpServer, Stop},
 };
@@ -78,6 +78,7 @@ impl Application {
             ),
         };
         let (batches, batches_seen) = watch::channel(0);
+        let consumer_status = WorkerStatus::default();
         let consumer = Consumer {
             client: redis_client,
             projector: Projector {
@@ -97,6 +98,7 @@ impl Application {
             max_deliveries: settings.max_deliveries.max(1),
             trim_interval: settings.trim_interval,
             group_created,
+            status: consumer_status.clone(),
         };
         let stop = Stop {
             token: CancellationToken::new(),
@@ -115,6 +117,7 @@ impl Application {
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                workers: vec![("consumer", consumer_status)],
                 stopping: stop.token.clone(),
             },
         };
