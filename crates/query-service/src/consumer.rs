@@ -21,8 +21,9 @@
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
-//! The consumer reports itself up (to readiness) once a read from the
-//! group succeeded, and down while its session fails.
+//! The consumer reports itself up (to readiness and `/metrics`) once a read
+//! from the group succeeded, and down while its session fails; it counts
+//! what it reads, applies, skips as stale, fails and dead-letters.
 //!
 //! Beside the consumption, the read model is readied with the same backoff
 //! (indexes, and author keys of books an older version wrote): the service
@@ -37,7 +38,11 @@ use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectio
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::{projection::Applied, projector::Projector};
+use crate::{
+    metrics::{self, DeadLetterReason, FailureCause},
+    projection::Applied,
+    projector::Projector,
+};
 
 /// Trims KEYS[1] to the oldest entry any group still needs: for each group
 /// the smaller of its last-delivered id (what it has not read comes after)
@@ -96,7 +101,7 @@ pub struct Consumer {
     /// start means Redis lost it, and possibly events with it.
     pub group_created: Arc<Notify>,
     /// Up once a read from the group succeeded, down while a session
-    /// fails: what readiness says of the consumer.
+    /// fails: what readiness and `/metrics` say of the consumer.
     pub status: WorkerStatus,
 }
 
@@ -120,7 +125,9 @@ impl Cursor {
 /// The outcome of one entry.
 enum Outcome {
     Done,
-    DeadLetter(String),
+    /// Give it up: its category (for the metrics) and the reason recorded
+    /// with the dead letter.
+    DeadLetter(DeadLetterReason, String),
     Retry(anyhow::Error),
 }
 
@@ -253,6 +260,7 @@ impl Consumer {
                 .and_then(|r| r.keys.into_iter().next())
                 .map(|k| k.ids)
                 .unwrap_or_default();
+            metrics::events_consumed(entries.len());
             if entries.is_empty() {
                 if let Cursor::Pending(_) = cursor {
                     tracing::debug!("no pending entries left; reading new ones");
@@ -402,10 +410,12 @@ impl Consumer {
         pipe.atomic();
         let mut commands = 0usize;
         let mut first_error = None;
+        let mut dead_lettered = Vec::new();
         for (id, fields, outcome) in outcomes {
             let delivered = deliveries.get(&id).copied().unwrap_or(1);
             let outcome = match outcome {
                 Outcome::Retry(error) if is_transient(&error) => {
+                    metrics::event_failed(FailureCause::Outage);
                     // Give the delivery back: a wait for MongoDB or Redis is
                     // not a failure of the event.
                     pipe.cmd("XCLAIM")
@@ -421,17 +431,26 @@ impl Consumer {
                     commands += 1;
                     Outcome::Retry(error)
                 }
-                Outcome::Retry(error) if delivered >= self.max_deliveries => {
-                    Outcome::DeadLetter(format!(
-                        "failed {} deliveries; last error: {error:#}",
-                        self.max_deliveries
-                    ))
+                Outcome::Retry(error) => {
+                    metrics::event_failed(FailureCause::Error);
+                    if delivered >= self.max_deliveries {
+                        Outcome::DeadLetter(
+                            DeadLetterReason::Failing,
+                            format!(
+                                "failed {} deliveries; last error: {error:#}",
+                                self.max_deliveries
+                            ),
+                        )
+                    } else {
+                        Outcome::Retry(error)
+                    }
                 }
                 other => other,
             };
             match outcome {
                 Outcome::Done => {}
-                Outcome::DeadLetter(reason) => {
+                Outcome::DeadLetter(category, reason) => {
+                    dead_lettered.push(category);
                     tracing::error!(entry = %id, %reason, "event cannot be applied; moved to the dead-letter stream");
                     let mut add = redis::cmd("XADD");
                     add.arg(&self.dead_letter_stream)
@@ -462,17 +481,29 @@ impl Consumer {
         if commands > 0 {
             pipe.query_async::<()>(connection).await?;
         }
+        // Counted once Redis took them: after a failed pipeline they are
+        // still pending, and are dead-lettered (and counted) next time.
+        for category in dead_lettered {
+            metrics::event_dead_lettered(category);
+        }
         Ok(first_error)
     }
 
     async fn apply(&self, fields: &HashMap<String, Value>) -> Outcome {
         let data = match fields.get("data") {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => return Outcome::DeadLetter("entry has no data field".to_owned()),
+            _ => {
+                return Outcome::DeadLetter(
+                    DeadLetterReason::Unreadable,
+                    "entry has no data field".to_owned(),
+                )
+            }
         };
         let event = match BookEvent::from_json(&data) {
             Ok(event) => event,
-            Err(error) => return Outcome::DeadLetter(error.to_string()),
+            Err(error) => {
+                return Outcome::DeadLetter(DeadLetterReason::Unreadable, error.to_string())
+            }
         };
         // The MongoDB driver bounds connecting, not answering: a server that
         // accepts and then hangs would hold the batch for ever.
@@ -483,6 +514,10 @@ impl Consumer {
         };
         match applied {
             Ok(applied) => {
+                match applied {
+                    Applied::Written => metrics::event_applied(event.event_type.as_str()),
+                    Applied::Stale => metrics::event_stale(event.event_type.as_str()),
+                }
                 tracing::debug!(
                     book_id = %event.book_id,
                     version = event.version,

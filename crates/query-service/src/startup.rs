@@ -8,6 +8,7 @@ use platform::{
     document::BookDocument,
     health::{Dependencies, WorkerStatus},
     lease::Lease,
+    metrics::Scrape,
     server::{HttpServer, Stop},
 };
 use tokio::sync::{watch, Notify};
@@ -19,6 +20,7 @@ use crate::{
     consumer::Consumer,
     generation::ActiveGeneration,
     lookup::BookLookup,
+    metrics::ConsumerGroup,
     projection::ReadModel,
     projector::Projector,
     reconcile::{self, Reconciler},
@@ -43,6 +45,7 @@ impl Application {
     /// Prepares MongoDB and Redis clients (both connect lazily and
     /// reconnect by themselves) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let client = platform::connect::mongo_client(
             &settings.mongo_url,
             "query-service",
@@ -114,6 +117,12 @@ impl Application {
             summaries,
             batches: batches_seen,
             read_your_writes_timeout: settings.read_your_writes_timeout,
+            scrape: Scrape::new(ConsumerGroup {
+                redis: redis.clone(),
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+                consumer: consumer_status.clone(),
+            }),
             dependencies: Dependencies {
                 mongo: database,
                 redis,
