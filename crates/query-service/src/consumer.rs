@@ -37,6 +37,7 @@ use platform::health::WorkerStatus;
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     metrics::{self, DeadLetterReason, FailureCause},
@@ -397,7 +398,7 @@ impl Consumer {
     ) -> anyhow::Result<Option<anyhow::Error>> {
         let outcomes: Vec<(String, HashMap<String, Value>, Outcome)> = stream::iter(entries)
             .map(|entry| async move {
-                let outcome = self.apply(&entry.map).await;
+                let outcome = self.apply(&entry.id, &entry.map).await;
                 (entry.id, entry.map, outcome)
             })
             .buffered(APPLY_CONCURRENCY)
@@ -489,7 +490,12 @@ impl Consumer {
         Ok(first_error)
     }
 
-    async fn apply(&self, fields: &HashMap<String, Value>) -> Outcome {
+    /// Applies entry `id` within a span naming its event and the trace of
+    /// the request that caused it, so that every line logged meanwhile
+    /// carries the trace id. Each event written is one `info` line, as
+    /// each command is on the command side; a stale one (a duplicate, a
+    /// redelivery) is only a `debug` line, since a replay makes many.
+    async fn apply(&self, id: &str, fields: &HashMap<String, Value>) -> Outcome {
         let data = match fields.get("data") {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
             _ => {
@@ -505,27 +511,39 @@ impl Consumer {
                 return Outcome::DeadLetter(DeadLetterReason::Unreadable, error.to_string())
             }
         };
+        let event_type = event.event_type.as_str();
+        let trace_id = event
+            .traceparent
+            .as_deref()
+            .and_then(platform::trace::trace_id_of);
+        let span = tracing::info_span!(
+            "event",
+            entry = id,
+            book_id = %event.book_id,
+            version = event.version,
+            event_type,
+            trace_id = trace_id.as_deref().unwrap_or("-"),
+        );
         // The MongoDB driver bounds connecting, not answering: a server that
         // accepts and then hangs would hold the batch for ever.
         let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
-        let applied = match tokio::time::timeout(bound, self.projector.apply(&event)).await {
+        let applied = match tokio::time::timeout(bound, self.projector.apply(&event))
+            .instrument(span.clone())
+            .await
+        {
             Ok(applied) => applied,
             Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
         };
+        let _in_span = span.enter();
         match applied {
-            Ok(applied) => {
-                match applied {
-                    Applied::Written => metrics::event_applied(event.event_type.as_str()),
-                    Applied::Stale => metrics::event_stale(event.event_type.as_str()),
-                }
-                tracing::debug!(
-                    book_id = %event.book_id,
-                    version = event.version,
-                    event_type = event.event_type.as_str(),
-                    stale = applied == Applied::Stale,
-                    traceparent = event.traceparent.as_deref().unwrap_or("-"),
-                    "event applied"
-                );
+            Ok(Applied::Written) => {
+                metrics::event_applied(event_type);
+                tracing::info!("event applied");
+                Outcome::Done
+            }
+            Ok(Applied::Stale) => {
+                metrics::event_stale(event_type);
+                tracing::debug!("event skipped: the read model holds this version or a newer one");
                 Outcome::Done
             }
             Err(error) => Outcome::Retry(error),
