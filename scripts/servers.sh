@@ -7,6 +7,8 @@
 #   scripts/servers.sh down [NAME..] stop the servers this script started
 #                                    (all, or only those named: ferretdb, redis)
 #   scripts/servers.sh status        say what answers where
+#   scripts/servers.sh ferretdb-bin  build FerretDB if needed (also when a
+#                                    server already answers) and print its path
 #
 # Idempotent: a second `up` reuses the built FerretDB binary and the running
 # servers. Everything lives under .local/ in the repository (gitignored).
@@ -158,12 +160,16 @@ case "${1:-up}" in
       done
     done
     ;;
+  ferretdb-bin)
+    build_ferretdb >&2
+    echo "$ferretdb_bin"
+    ;;
   status)
     port_open "$mongo_port" && echo "mongodb: up on 127.0.0.1:$mongo_port" || echo "mongodb: down"
     port_open "$redis_port" && echo "redis: up on 127.0.0.1:$redis_port" || echo "redis: down"
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|ferretdb-bin" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,10 @@ started=$(scripts/servers.sh up)
 trap 'scripts/servers.sh down $started' EXIT
 [ -n "$started" ] || trap - EXIT
 
+# The fault-injection suite runs FerretDB servers of its own: make sure the
+# binary exists even when the shared server was already running.
+FERRETDB_BIN="${FERRETDB_BIN:-$(scripts/servers.sh ferretdb-bin)}"
+export FERRETDB_BIN
 export MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
 export REDIS_URL="redis://127.0.0.1:${REDIS_PORT:-6379}"
 cargo test --workspace --locked "$@"

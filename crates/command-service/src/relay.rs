@@ -245,14 +245,7 @@ impl Relay {
         }
         let mut pipe = redis::pipe();
         for (event_type, json) in events {
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg("type")
-                .arg(*event_type)
-                .arg("data")
-                .arg(*json)
-                .ignore();
+            platform::stream::append(&mut pipe, &self.stream, event_type, json);
             pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
         }
         pipe.query_async::<()>(&mut self.redis).await

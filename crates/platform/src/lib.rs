@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 pub mod trace;
 

@@ -29,7 +29,11 @@
 //! (indexes, and author keys of books an older version wrote): the service
 //! starts while MongoDB is down, and consuming does not wait for it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
@@ -396,14 +400,43 @@ impl Consumer {
         entries: Vec<redis::streams::StreamId>,
         deliveries: &HashMap<String, u64>,
     ) -> anyhow::Result<Option<anyhow::Error>> {
-        let outcomes: Vec<(String, HashMap<String, Value>, Outcome)> = stream::iter(entries)
+        let applied: Vec<AppliedEntry> = stream::iter(entries)
             .map(|entry| async move {
-                let outcome = self.apply(&entry.id, &entry.map).await;
-                (entry.id, entry.map, outcome)
+                let (outcome, author_keys) = self.apply(&entry.id, &entry.map).await;
+                (entry.id, entry.map, outcome, author_keys)
             })
             .buffered(APPLY_CONCURRENCY)
             .collect()
             .await;
+        // Each author summary the batch touched is recomputed once, however
+        // many of its events name it; an event is done only once all of its
+        // authors' summaries are.
+        let keys: HashSet<String> = applied
+            .iter()
+            .filter(|(_, _, outcome, _)| matches!(outcome, Outcome::Done))
+            .flat_map(|(_, _, _, keys)| keys.iter().cloned())
+            .collect();
+        let recomputed: Vec<(String, Result<(), SummaryFailed>)> = stream::iter(keys)
+            .map(|key| async move {
+                let outcome = self.recompute(&key).await;
+                (key, outcome)
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
+        let failed: HashMap<String, SummaryFailed> = recomputed
+            .into_iter()
+            .filter_map(|(key, outcome)| outcome.err().map(|error| (key, error)))
+            .collect();
+        let outcomes = applied.into_iter().map(|(id, fields, outcome, keys)| {
+            let outcome = match keys.iter().find_map(|key| failed.get(key)) {
+                Some(error) if matches!(outcome, Outcome::Done) => {
+                    Outcome::Retry(anyhow::Error::new(error.clone()))
+                }
+                _ => outcome,
+            };
+            (id, fields, outcome)
+        });
 
         // Atomic, so an entry is never acknowledged without its dead-letter
         // copy.
@@ -490,26 +523,27 @@ impl Consumer {
         Ok(first_error)
     }
 
-    /// Applies entry `id` within a span naming its event and the trace of
-    /// the request that caused it, so that every line logged meanwhile
-    /// carries the trace id. Each event written is one `info` line, as
-    /// each command is on the command side; a stale one (a duplicate, a
-    /// redelivery) is only a `debug` line, since a replay makes many.
-    async fn apply(&self, id: &str, fields: &HashMap<String, Value>) -> Outcome {
+    /// Applies the book's part of entry `id` within a span naming its
+    /// event and the trace of the request that caused it, so that every
+    /// line logged meanwhile carries the trace id; the author keys whose
+    /// summaries it needs are returned with a done outcome. Each event
+    /// written is one `info` line, as each command is on the command side;
+    /// a stale one (a duplicate, a redelivery) is only a `debug` line, since
+    /// a replay makes many.
+    async fn apply(&self, id: &str, fields: &HashMap<String, Value>) -> (Outcome, Vec<String>) {
+        let unreadable = |reason: String| {
+            (
+                Outcome::DeadLetter(DeadLetterReason::Unreadable, reason),
+                Vec::new(),
+            )
+        };
         let data = match fields.get("data") {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => {
-                return Outcome::DeadLetter(
-                    DeadLetterReason::Unreadable,
-                    "entry has no data field".to_owned(),
-                )
-            }
+            _ => return unreadable("entry has no data field".to_owned()),
         };
         let event = match BookEvent::from_json(&data) {
             Ok(event) => event,
-            Err(error) => {
-                return Outcome::DeadLetter(DeadLetterReason::Unreadable, error.to_string())
-            }
+            Err(error) => return unreadable(error.to_string()),
         };
         let event_type = event.event_type.as_str();
         let trace_id = event
@@ -524,31 +558,64 @@ impl Consumer {
             event_type,
             trace_id = trace_id.as_deref().unwrap_or("-"),
         );
-        // The MongoDB driver bounds connecting, not answering: a server that
-        // accepts and then hangs would hold the batch for ever.
-        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
-        let applied = match tokio::time::timeout(bound, self.projector.apply(&event))
+        let applied = self
+            .bounded(self.projector.apply_book(&event))
             .instrument(span.clone())
-            .await
-        {
-            Ok(applied) => applied,
-            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
-        };
+            .await;
         let _in_span = span.enter();
         match applied {
-            Ok(Applied::Written) => {
+            Ok((Applied::Written, author_keys)) => {
                 metrics::event_applied(event_type);
                 tracing::info!("event applied");
-                Outcome::Done
+                (Outcome::Done, author_keys)
             }
-            Ok(Applied::Stale) => {
+            Ok((Applied::Stale, author_keys)) => {
                 metrics::event_stale(event_type);
                 tracing::debug!("event skipped: the read model holds this version or a newer one");
-                Outcome::Done
+                (Outcome::Done, author_keys)
             }
-            Err(error) => Outcome::Retry(error),
+            Err(error) => (Outcome::Retry(error), Vec::new()),
         }
     }
+
+    /// Recomputes one author summary, bounded like an apply.
+    async fn recompute(&self, key: &str) -> Result<(), SummaryFailed> {
+        let outcome = self.bounded(self.projector.summaries.recompute(key)).await;
+        outcome.map_err(|error| SummaryFailed {
+            key: key.to_owned(),
+            transient: is_transient(&error),
+            message: format!("{error:#}"),
+        })
+    }
+
+    /// Runs `work`, giving up after `APPLY_TIMEOUT_FACTOR` dependency
+    /// timeouts: the MongoDB driver bounds connecting, not answering, so a
+    /// server that accepts and then hangs would hold the batch for ever.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
+        match tokio::time::timeout(bound, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
+        }
+    }
+}
+
+/// An entry after its book was applied: id, fields, outcome, and the
+/// author keys whose summaries it waits for.
+type AppliedEntry = (String, HashMap<String, Value>, Outcome, Vec<String>);
+
+/// An author summary that could not be recomputed, shared by every event
+/// of the batch that needed it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the summary of author {key:?} could not be recomputed: {message}")]
+struct SummaryFailed {
+    key: String,
+    /// Whether the cause passes by itself (see `is_transient`).
+    transient: bool,
+    message: String,
 }
 
 /// Whether `error` is one that passes by itself: MongoDB or Redis
@@ -571,6 +638,9 @@ fn is_transient(error: &anyhow::Error) -> bool {
             })
             || cause.is::<crate::summary::Contended>()
             || cause.is::<ApplyTimedOut>()
+            || cause
+                .downcast_ref::<SummaryFailed>()
+                .is_some_and(|failed| failed.transient)
     })
 }
 

@@ -21,8 +21,21 @@ pub struct Projector {
 }
 
 impl Projector {
-    #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
+    /// Applies `event` entirely: the book, its cached JSON, then the
+    /// summaries of the authors it had.
     pub async fn apply(&self, event: &BookEvent) -> anyhow::Result<Applied> {
+        let (applied, author_keys) = self.apply_book(event).await?;
+        for key in &author_keys {
+            self.summaries.recompute(key).await?;
+        }
+        Ok(applied)
+    }
+
+    /// The book's part of `event`: the read model, then the cache. Returns
+    /// the author keys whose summaries must then be recomputed, which a
+    /// consumer does once per batch for all its events.
+    #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
+    pub async fn apply_book(&self, event: &BookEvent) -> anyhow::Result<(Applied, Vec<String>)> {
         let applied = self.read_model.apply(event).await?;
         // Whether written or stale, what counts is what the read model holds
         // now: never the (possibly older) event's own state.
@@ -37,10 +50,7 @@ impl Projector {
         self.cache
             .put(&event.book_id, &Cached::from(&record.current))
             .await?;
-        for key in &record.author_keys {
-            self.summaries.recompute(key).await?;
-        }
-        Ok(applied)
+        Ok((applied, record.author_keys))
     }
 
     /// Readies the read model: its indexes, and the author keys and

@@ -18,7 +18,7 @@
 //! ignores. The walk needs read access to the write model's database and
 //! memory for one batch only.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use chrono::Utc;
@@ -121,14 +121,12 @@ impl Repair {
                 }
                 let mut pipe = redis::pipe();
                 for event in &events {
-                    pipe.cmd("XADD")
-                        .arg(stream)
-                        .arg("*")
-                        .arg("type")
-                        .arg(event.event_type.as_str())
-                        .arg("data")
-                        .arg(event.to_json())
-                        .ignore();
+                    platform::stream::append(
+                        &mut pipe,
+                        stream,
+                        event.event_type.as_str(),
+                        &event.to_json(),
+                    );
                 }
                 pipe.query_async::<()>(&mut redis.clone()).await?;
                 Ok(events.len() as u64)
@@ -282,6 +280,8 @@ pub struct Reconciler {
     pub read_model: ReadModel,
     pub redis: ConnectionManager,
     pub stream: String,
+    /// The consumer group: a walk waits until it has caught up.
+    pub group: String,
     pub interval: Duration,
     pub wake: std::sync::Arc<Notify>,
     pub lease: Lease,
@@ -339,6 +339,17 @@ impl Reconciler {
 
     async fn run_once(&self, repair: &Repair) -> anyhow::Result<Walk> {
         let mut redis = self.redis.clone();
+        // While the group has a backlog, the read model is behind by design:
+        // a walk would re-emit what is already on its way and add to the
+        // backlog it is waiting for.
+        let backlog = self.backlog(&mut redis).await?;
+        if backlog > BACKLOG_LIMIT {
+            tracing::debug!(
+                backlog,
+                "the consumer group has a backlog; reconciling later"
+            );
+            return Ok(Walk::Busy);
+        }
         if !self.lease.hold(&mut redis).await? {
             tracing::debug!("another replica is reconciling");
             return Ok(Walk::Busy);
@@ -358,6 +369,38 @@ impl Reconciler {
 
 enum Walk {
     Done,
-    /// Another replica holds the lease.
+    /// Another replica holds the lease, or the group has a backlog.
     Busy,
+}
+
+/// Entries the group may have unread or pending for a walk to run: about a
+/// batch, which the settle time covers.
+const BACKLOG_LIMIT: u64 = 256;
+
+impl Reconciler {
+    /// Entries of the stream the group has not read yet (`lag`, when
+    /// Redis knows it) plus those it holds pending.
+    async fn backlog(&self, redis: &mut ConnectionManager) -> anyhow::Result<u64> {
+        let groups: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(redis)
+            .await
+        {
+            Ok(groups) => groups,
+            // No stream yet: nothing to wait for.
+            Err(error) if error.code() == Some("ERR") => return Ok(0),
+            Err(error) => return Err(error.into()),
+        };
+        let number = |group: &HashMap<String, redis::Value>, field: &str| match group.get(field) {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(groups
+            .iter()
+            .find(|group| {
+                matches!(group.get("name"), Some(redis::Value::BulkString(name)) if name.as_slice() == self.group.as_bytes())
+            })
+            .map_or(0, |group| number(group, "lag") + number(group, "pending")))
+    }
 }

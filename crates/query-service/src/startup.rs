@@ -72,6 +72,7 @@ impl Application {
             read_model: read_model.clone(),
             redis: redis.clone(),
             stream: settings.stream.clone(),
+            group: settings.group.clone(),
             interval: settings.reconcile_interval,
             wake: group_created.clone(),
             lease: Lease::new(

@@ -17,6 +17,8 @@ use serde_json::Value;
 use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
 
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+/// How long a burst of events may take to be consumed on a loaded machine.
+pub(crate) const BULK_DEADLINE: Duration = Duration::from_secs(30);
 
 pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
@@ -268,7 +270,7 @@ impl TestApp {
     pub(crate) async fn wait_until_consumed(&self) {
         eventually(
             "every entry consumed and acknowledged",
-            DEADLINE,
+            BULK_DEADLINE,
             || async {
                 let mut redis = self.redis.clone();
                 let stream: StreamInfoStreamReply = redis::cmd("XINFO")

@@ -1,0 +1,295 @@
+//! The benchmark harness: runs against a started system (see
+//! `scripts/bench.sh`) and measures, with one load generator, each route's
+//! throughput and latency at several concurrency levels next to its floor
+//! (a trivial axum handler; the raw MongoDB and Redis operations behind the
+//! route), the propagation lag from command to query side, and the
+//! services' memory. Prints a table and writes `target/bench/report.json`
+//! and `target/bench/throughput.svg`. It asserts nothing: figures depend on
+//! the machine.
+//!
+//! ```text
+//! bench [--smoke] [--duration-secs N] [--concurrency 1,16,64] [--soak-secs N]
+//! ```
+//!
+//! Environment: `COMMAND_URL` (http://127.0.0.1:5000), `QUERY_URL`
+//! (http://127.0.0.1:5001), `BENCH_TOKEN` (books-dev-token), and the
+//! services' own `MONGO_URL`, `REDIS_URL`, `WRITE_DB_NAME`, `READ_DB_NAME`,
+//! `CACHE_KEY_PREFIX` for the floors; `COMMAND_PID` and `QUERY_PID` name
+//! the processes whose memory is read (else they are found by name). It
+//! creates books in the system (a hot set and whatever the create runs
+//! write); its scratch collection and stream are removed at the end, and
+//! with `BENCH_OWNS_DATABASES` set (a system started for the run) both
+//! databases too.
+
+mod lag;
+mod load;
+mod memory;
+mod report;
+mod targets;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use rand::Rng;
+
+use crate::{
+    load::{closed_loop, operation, Measurement, Operation},
+    report::{Report, Scenario, ServiceMemory, Soak},
+    targets::{Drivers, System},
+};
+
+/// Books read by the read-by-id runs.
+const HOT_SET: usize = 100;
+/// Writes per second of the steady propagation-lag run.
+const STEADY_RATE: f64 = 500.0;
+
+struct Options {
+    smoke: bool,
+    duration: Duration,
+    concurrency: Vec<usize>,
+    soak: Option<Duration>,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let mut options = Self {
+            smoke: false,
+            duration: Duration::from_secs(5),
+            concurrency: vec![1, 16, 64],
+            soak: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--smoke" => options.smoke = true,
+                "--duration-secs" => options.duration = Duration::from_secs_f64(value()?.parse()?),
+                "--concurrency" => {
+                    options.concurrency = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?;
+                }
+                "--soak-secs" => options.soak = Some(Duration::from_secs(value()?.parse()?)),
+                other => anyhow::bail!(
+                    "unknown argument {other:?}; expected --smoke, --duration-secs N, --concurrency 1,16,64 or --soak-secs N"
+                ),
+            }
+        }
+        if options.smoke {
+            // Every code path once, briefly: so the harness cannot rot.
+            options.duration = Duration::from_millis(300);
+            options.concurrency = vec![1, 4];
+        }
+        Ok(options)
+    }
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn memory() -> ServiceMemory {
+    ServiceMemory {
+        command_service: memory::of("command-service", "COMMAND_PID"),
+        query_service: memory::of("query-service", "QUERY_PID"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let run = format!("{}", std::process::id());
+    let system = System::new(
+        &env("COMMAND_URL", "http://127.0.0.1:5000"),
+        &env("QUERY_URL", "http://127.0.0.1:5001"),
+        &env("BENCH_TOKEN", "books-dev-token"),
+    )?;
+    let drivers = Drivers::connect(
+        &env("MONGO_URL", "mongodb://127.0.0.1:27017"),
+        &env("REDIS_URL", "redis://127.0.0.1:6379"),
+        &env("WRITE_DB_NAME", "books_write"),
+        &env("READ_DB_NAME", "books_read"),
+        &env("CACHE_KEY_PREFIX", "books:cache:"),
+        &run,
+    )
+    .await?;
+    let memory_idle = memory();
+
+    eprintln!("[bench] creating a hot set of {HOT_SET} books");
+    let mut hot = Vec::with_capacity(HOT_SET);
+    for n in 0..HOT_SET {
+        let (id, version) = system.create(&format!("Hot book {n}")).await.context(
+            "cannot create books: is the system started, and BENCH_TOKEN one of its API_TOKENS?",
+        )?;
+        system.await_version(&id, version).await?;
+        hot.push(id);
+    }
+    let hot: Arc<[String]> = Arc::from(hot);
+    let floor = targets::http_floor(system.read_body(&hot[0]).await?).await?;
+    let floor_system = System::new(
+        "http://unused.invalid",
+        &format!("http://{floor}"),
+        "unused",
+    )?;
+
+    let pick = {
+        let hot = hot.clone();
+        move || hot[rand::thread_rng().gen_range(0..hot.len())].clone()
+    };
+    let workloads: Vec<(&'static str, Option<&'static str>, Operation)> = vec![
+        ("http floor", None, {
+            let (client, pick) = (floor_system.clone(), pick.clone());
+            operation(move |_, _| {
+                let (client, id) = (client.clone(), pick());
+                async move { client.read(&id).await }
+            })
+        }),
+        ("redis floor (HGETALL)", None, {
+            let (drivers, pick) = (drivers.clone(), pick.clone());
+            operation(move |_, _| {
+                let (drivers, id) = (drivers.clone(), pick());
+                async move { drivers.cache_read(&id).await }
+            })
+        }),
+        ("GET /books/{id}", Some("http floor"), {
+            let (system, pick) = (system.clone(), pick.clone());
+            operation(move |_, _| {
+                let (system, id) = (system.clone(), pick());
+                async move { system.read(&id).await }
+            })
+        }),
+        ("mongo floor (find 20)", None, {
+            let drivers = drivers.clone();
+            operation(move |_, _| {
+                let drivers = drivers.clone();
+                async move { drivers.find_page().await }
+            })
+        }),
+        ("GET /books", Some("mongo floor (find 20)"), {
+            let system = system.clone();
+            operation(move |_, _| {
+                let system = system.clone();
+                async move { system.list().await }
+            })
+        }),
+        ("driver floor (insert+XADD)", None, {
+            let drivers = drivers.clone();
+            operation(move |worker, n| {
+                let drivers = drivers.clone();
+                async move { drivers.insert_and_append((worker as u64) << 32 | n).await }
+            })
+        }),
+        ("POST /books", Some("driver floor (insert+XADD)"), {
+            let system = system.clone();
+            operation(move |worker, n| {
+                let system = system.clone();
+                async move {
+                    system
+                        .create(&format!("Created {worker}-{n}"))
+                        .await
+                        .map(drop)
+                }
+            })
+        }),
+        ("mix 90% read/10% write", Some("http floor"), {
+            let (system, pick) = (system.clone(), pick.clone());
+            operation(move |worker, n| {
+                let (system, id) = (system.clone(), pick());
+                async move {
+                    if n % 10 == 9 {
+                        system
+                            .create(&format!("Mixed {worker}-{n}"))
+                            .await
+                            .map(drop)
+                    } else {
+                        system.read(&id).await
+                    }
+                }
+            })
+        }),
+    ];
+
+    let mut scenarios = Vec::new();
+    for (name, floor, op) in &workloads {
+        let mut runs: Vec<Measurement> = Vec::new();
+        for &concurrency in &options.concurrency {
+            eprintln!(
+                "[bench] {name} with {concurrency} clients for {:?}",
+                options.duration
+            );
+            runs.push(closed_loop(op, concurrency, options.duration).await);
+        }
+        scenarios.push(Scenario {
+            name,
+            floor: *floor,
+            runs,
+        });
+    }
+
+    let lag_time = if options.smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let rate = if options.smoke { 50.0 } else { STEADY_RATE };
+    eprintln!("[bench] propagation lag at {rate} writes/s for {lag_time:?}");
+    let steady = lag::steady(&system, rate, lag_time).await;
+    eprintln!("[bench] propagation lag at saturation for {lag_time:?}");
+    let saturated = lag::saturated(&system, 32, lag_time).await;
+    let memory_after = memory();
+
+    let soak = match options.soak {
+        None => None,
+        Some(duration) => Some(soak(&workloads[7].2, duration).await),
+    };
+    drivers.clean_up().await;
+    if std::env::var_os("BENCH_OWNS_DATABASES").is_some() {
+        drivers.drop_databases().await;
+    }
+
+    let report = Report {
+        started_at,
+        smoke: options.smoke,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        scenarios,
+        lag: vec![steady, saturated],
+        memory_idle,
+        memory_after,
+        soak,
+    };
+    report.print();
+    let directory = std::path::Path::new(&env("BENCH_OUT", "target/bench")).to_path_buf();
+    report.write(&directory)?;
+    eprintln!(
+        "[bench] wrote {0}/report.json and {0}/throughput.svg",
+        directory.display()
+    );
+    Ok(())
+}
+
+/// Runs the mixed workload at 16 clients for `duration`, sampling each
+/// service's resident memory every 10 seconds.
+async fn soak(mix: &Operation, duration: Duration) -> Soak {
+    eprintln!("[bench] soak: mixed load for {duration:?}");
+    let sampler = tokio::spawn(async move {
+        let mut soak = Soak {
+            seconds: duration.as_secs(),
+            ..Soak::default()
+        };
+        let started = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_secs(10));
+        while started.elapsed() <= duration {
+            ticker.tick().await;
+            let now = memory();
+            soak.command_service_mib
+                .extend(now.command_service.map(|m| m.rss_mib));
+            soak.query_service_mib
+                .extend(now.query_service.map(|m| m.rss_mib));
+        }
+        soak
+    });
+    closed_loop(mix, 16, duration).await;
+    sampler.await.expect("the memory sampler panicked")
+}

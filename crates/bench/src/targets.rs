@@ -1,0 +1,254 @@
+//! What the load generator calls: the system's routes over HTTP, and the
+//! floors they are compared with, driven by the same loop: a trivial axum
+//! handler (the HTTP floor) and the raw driver operations behind each route.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::{bail, Context};
+use bson::{doc, Document};
+use mongodb::Collection;
+use platform::RedactedUrl;
+use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
+
+/// Authors the created books are spread over.
+const AUTHORS: u32 = 1000;
+
+/// The running system, through its HTTP APIs.
+#[derive(Clone)]
+pub(crate) struct System {
+    http: reqwest::Client,
+    command_url: Arc<str>,
+    query_url: Arc<str>,
+    authorization: Arc<str>,
+}
+
+impl System {
+    pub(crate) fn new(command_url: &str, query_url: &str, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: client()?,
+            command_url: Arc::from(command_url.trim_end_matches('/')),
+            query_url: Arc::from(query_url.trim_end_matches('/')),
+            authorization: Arc::from(format!("Bearer {token}")),
+        })
+    }
+
+    /// `POST /books`; the new book's id and version. Books spread over
+    /// `AUTHORS` authors, as a catalogue's do: each change recomputes its
+    /// author's summary from that author's books.
+    pub(crate) async fn create(&self, title: &str) -> anyhow::Result<(String, u64)> {
+        let author = format!("Author {}", rand::random::<u32>() % AUTHORS);
+        let response = self
+            .http
+            .post(format!("{}/books", self.command_url))
+            .header("authorization", &*self.authorization)
+            .json(&json!({ "title": title, "author": author, "publishedYear": 2024 }))
+            .send()
+            .await?;
+        if response.status() != 201 {
+            bail!("POST /books answered {}", response.status());
+        }
+        let book: Value = response.json().await?;
+        let id = book["_id"].as_str().context("a created book has an _id")?;
+        let version = book["version"].as_u64().context("and a version")?;
+        Ok((id.to_owned(), version))
+    }
+
+    /// `GET /books/{id}`, which must answer 200.
+    pub(crate) async fn read(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}/books/{id}", self.query_url))
+            .send()
+            .await?;
+        if response.status() != 200 {
+            bail!("GET /books/{id} answered {}", response.status());
+        }
+        response.bytes().await?;
+        Ok(())
+    }
+
+    /// The body `GET /books/{id}` answers, for the HTTP floor to serve.
+    pub(crate) async fn read_body(&self, id: &str) -> anyhow::Result<bytes::Bytes> {
+        Ok(self
+            .http
+            .get(format!("{}/books/{id}", self.query_url))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?)
+    }
+
+    /// Waits until the query side serves `id` at `version` or later
+    /// (`?minVersion=`, asked again after each 503 not-caught-up).
+    pub(crate) async fn await_version(&self, id: &str, version: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let response = self
+                .http
+                .get(format!(
+                    "{}/books/{id}?minVersion={version}",
+                    self.query_url
+                ))
+                .send()
+                .await?;
+            match response.status().as_u16() {
+                200 => {
+                    response.bytes().await?;
+                    return Ok(());
+                }
+                503 if Instant::now() < deadline => continue,
+                status => bail!("GET /books/{id}?minVersion={version} answered {status}"),
+            }
+        }
+    }
+
+    /// `GET /books?limit=20`, the first page.
+    pub(crate) async fn list(&self) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}/books?limit=20", self.query_url))
+            .send()
+            .await?;
+        if response.status() != 200 {
+            bail!("GET /books answered {}", response.status());
+        }
+        response.bytes().await?;
+        Ok(())
+    }
+}
+
+/// One HTTP client for every run: keep-alive, no proxy, no retries.
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(None)
+        .build()?)
+}
+
+/// The HTTP floor: an axum server in this process whose only handler
+/// answers a fixed book body, the least any route can cost.
+pub(crate) async fn http_floor(body: bytes::Bytes) -> anyhow::Result<SocketAddr> {
+    let app = axum::Router::new().route(
+        "/books/{id}",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
+/// The raw driver operations behind the routes, with the services' own
+/// client settings (write concern, timeouts).
+#[derive(Clone)]
+pub(crate) struct Drivers {
+    /// A scratch collection in the write database, dropped at the end.
+    pub(crate) scratch: Collection<Document>,
+    /// The read model's books.
+    pub(crate) read_books: Collection<Document>,
+    pub(crate) redis: ConnectionManager,
+    /// A scratch stream, deleted at the end.
+    pub(crate) scratch_stream: Arc<str>,
+    pub(crate) cache_prefix: Arc<str>,
+}
+
+impl Drivers {
+    pub(crate) async fn connect(
+        mongo_url: &str,
+        redis_url: &str,
+        write_db: &str,
+        read_db: &str,
+        cache_prefix: &str,
+        run: &str,
+    ) -> anyhow::Result<Self> {
+        let timeout = std::time::Duration::from_secs(5);
+        let mongo =
+            platform::connect::mongo_client(&RedactedUrl::new(mongo_url), "bench", timeout).await?;
+        let redis = platform::connect::redis_client(&RedactedUrl::new(redis_url))?;
+        Ok(Self {
+            scratch: mongo
+                .database(write_db)
+                .collection(&format!("bench_floor_{run}")),
+            read_books: mongo.database(read_db).collection("books"),
+            redis: platform::connect::redis_manager(&redis, timeout)?,
+            scratch_stream: Arc::from(format!("bench:floor:{run}")),
+            cache_prefix: Arc::from(cache_prefix),
+        })
+    }
+
+    /// A create's floor: one document insert and one XADD.
+    pub(crate) async fn insert_and_append(&self, n: u64) -> anyhow::Result<()> {
+        let event = format!(r#"{{"type":"bookCreated","n":{n}}}"#);
+        self.scratch
+            .insert_one(doc! {
+                "title": "Benchmark", "author": "Benchmark Author", "publishedYear": 2024,
+                "version": 1_i64, "outbox": [&event], "outboxAt": bson::DateTime::now(),
+            })
+            .await?;
+        let _: String = redis::cmd("XADD")
+            .arg(&*self.scratch_stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("data")
+            .arg(&event)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// A cached read's floor: one HGETALL of a book's cache entry.
+    pub(crate) async fn cache_read(&self, id: &str) -> anyhow::Result<()> {
+        let _: redis::Value = redis::cmd("HGETALL")
+            .arg(format!("{}{id}", self.cache_prefix))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// A list's floor: one find of 20 books in creation order.
+    pub(crate) async fn find_page(&self) -> anyhow::Result<()> {
+        use futures::TryStreamExt;
+        let _: Vec<Document> = self
+            .read_books
+            .find(doc! { "deleted": false })
+            .sort(doc! { "createdAt": 1, "_id": 1 })
+            .limit(20)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the write and read databases: those of a system started for
+    /// the run.
+    pub(crate) async fn drop_databases(&self) {
+        let _ = self
+            .scratch
+            .client()
+            .database(self.scratch.namespace().db.as_str())
+            .drop()
+            .await;
+        let _ = self
+            .read_books
+            .client()
+            .database(self.read_books.namespace().db.as_str())
+            .drop()
+            .await;
+    }
+
+    /// Removes the scratch collection and stream.
+    pub(crate) async fn clean_up(&self) {
+        let _ = self.scratch.drop().await;
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&*self.scratch_stream)
+            .query_async(&mut self.redis.clone())
+            .await;
+    }
+}

@@ -1,0 +1,440 @@
+//! One scenario's whole system, private to it: FerretDB and Redis on free
+//! loopback ports with their data in a temporary directory, and one or two
+//! replicas of each service, all real processes. Stopping any of them
+//! disturbs nothing outside the scenario.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::{
+    processes::{Binaries, Process, Recipe},
+    support::{eventually, free_ports, port_open},
+};
+
+/// The bearer token the scenario's command services accept.
+pub(crate) const TOKEN: &str = "fault-suite-token";
+
+/// How long a dependency may take before a service gives up on it
+/// (`DEPENDENCY_TIMEOUT_MS`).
+pub(crate) const DEPENDENCY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a server or service may take to start on a loaded machine.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The timings the services run with: short, so that every recovery
+/// (sweep, lease takeover, claim, trim) happens several times per scenario.
+/// The sweep keeps its default interval: on FerretDB each sweep reads the
+/// whole write model, and more often would take the CPU the writes need.
+const SERVICE_TIMINGS: [(&str, &str); 8] = [
+    ("DEPENDENCY_TIMEOUT_MS", "1000"),
+    ("SHUTDOWN_TIMEOUT_MS", "2000"),
+    ("OUTBOX_SWEEP_INTERVAL_MS", "1000"),
+    ("RELAY_LEASE_MS", "3000"),
+    ("CLAIM_IDLE_MS", "1500"),
+    ("CONSUMER_BLOCK_MS", "200"),
+    ("STREAM_TRIM_INTERVAL_MS", "1000"),
+    // The walks that matter run at start and when Redis lost the group;
+    // a periodic walk on FerretDB reads both models whole.
+    ("RECONCILE_INTERVAL_MS", "60000"),
+];
+
+/// What to start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Topology {
+    /// Replicas of each service.
+    pub(crate) replicas: usize,
+    /// Whether Redis keeps an append-only file (fsynced at every write), so
+    /// a restart brings its data back.
+    pub(crate) redis_persistent: bool,
+}
+
+/// The names the services share.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub(crate) write_db: String,
+    pub(crate) read_db: String,
+    pub(crate) stream: String,
+    pub(crate) dead_letter_stream: String,
+    pub(crate) group: String,
+    /// The suite's own consumer group on the stream, which counts what was
+    /// delivered.
+    pub(crate) audit_group: String,
+}
+
+/// A service replica and the port it always listens on.
+pub(crate) struct Service {
+    pub(crate) process: Process,
+    pub(crate) port: u16,
+}
+
+impl Service {
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+pub(crate) struct System {
+    pub(crate) names: Names,
+    pub(crate) ferret: Process,
+    pub(crate) ferret_port: u16,
+    pub(crate) redis: Process,
+    pub(crate) redis_port: u16,
+    pub(crate) commands: Vec<Service>,
+    pub(crate) queries: Vec<Service>,
+    /// For the suite's own reads of both models.
+    pub(crate) mongo: mongodb::Client,
+    http: reqwest::Client,
+    // Declared last: the processes above are killed before their data goes.
+    dir: TempDir,
+}
+
+impl System {
+    /// Starts the servers, creates the audit group (so that it sees every
+    /// entry from the first), then the query services and the command
+    /// services, and waits until every service is ready.
+    pub(crate) async fn start(
+        binaries: &Binaries,
+        topology: Topology,
+        scenario: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("faults-{scenario}-"))
+            .tempdir()
+            .context("cannot create the scenario's directory")?;
+        let names = Names {
+            write_db: "books_write".to_owned(),
+            read_db: "books_read".to_owned(),
+            stream: "books:events".to_owned(),
+            dead_letter_stream: "books:events:dead".to_owned(),
+            group: "query-service".to_owned(),
+            audit_group: "fault-audit".to_owned(),
+        };
+
+        let mut ports = free_ports(2 + 2 * topology.replicas)?.into_iter();
+        let mut port = || ports.next().expect("a port for each process");
+        let (ferret_port, redis_port) = (port(), port());
+        let query_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
+        let command_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
+        let ferret = Process::start(ferret_recipe(binaries, dir.path(), ferret_port)?)?;
+        let redis = Process::start(redis_recipe(
+            binaries,
+            dir.path(),
+            redis_port,
+            topology.redis_persistent,
+        )?)?;
+        let mongo = mongodb::Client::with_uri_str(format!(
+            "mongodb://127.0.0.1:{ferret_port}/?serverSelectionTimeoutMS=3000&connectTimeoutMS=3000"
+        ))
+        .await
+        .context("cannot build a MongoDB client")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build an HTTP client")?;
+
+        let mut system = Self {
+            names,
+            ferret,
+            ferret_port,
+            redis,
+            redis_port,
+            commands: Vec::new(),
+            queries: Vec::new(),
+            mongo,
+            http,
+            dir,
+        };
+        system.await_ferret().await?;
+        system.await_redis().await?;
+        crate::audit::create_group(&system.redis_url(), &system.names).await?;
+
+        for (index, port) in query_ports.iter().enumerate() {
+            let recipe = system.query_recipe(binaries, index, *port);
+            system.queries.push(Service {
+                process: Process::start(recipe)?,
+                port: *port,
+            });
+        }
+        for (index, port) in command_ports.into_iter().enumerate() {
+            let recipe = system.command_recipe(binaries, index, port, query_ports[0]);
+            system.commands.push(Service {
+                process: Process::start(recipe)?,
+                port,
+            });
+        }
+        for service in system.commands.iter().chain(&system.queries) {
+            await_answer(&system.http, &service.url(), "/readyz").await?;
+        }
+        Ok(system)
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the scenario's directory (data and logs) after the scenario,
+    /// for inspection.
+    pub(crate) fn keep_dir(self) -> std::path::PathBuf {
+        let Self {
+            ferret,
+            redis,
+            commands,
+            queries,
+            dir,
+            ..
+        } = self;
+        drop((ferret, redis, commands, queries));
+        dir.keep()
+    }
+
+    pub(crate) fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    pub(crate) fn mongo_url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.ferret_port)
+    }
+
+    pub(crate) fn command_urls(&self) -> Vec<String> {
+        self.commands.iter().map(Service::url).collect()
+    }
+
+    /// The query replicas still running.
+    pub(crate) fn live_query_urls(&mut self) -> Vec<String> {
+        self.queries
+            .iter_mut()
+            .filter_map(|q| q.process.is_running().then(|| q.url()))
+            .collect()
+    }
+
+    pub(crate) fn write_db(&self) -> mongodb::Database {
+        self.mongo.database(&self.names.write_db)
+    }
+
+    pub(crate) fn read_db(&self) -> mongodb::Database {
+        self.mongo.database(&self.names.read_db)
+    }
+
+    /// Every process's log file.
+    pub(crate) fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
+        [&self.ferret, &self.redis]
+            .into_iter()
+            .chain(self.commands.iter().map(|s| &s.process))
+            .chain(self.queries.iter().map(|s| &s.process))
+            .map(|p| (p.name().to_owned(), p.log()))
+            .collect()
+    }
+
+    pub(crate) async fn restart_ferret(&mut self) -> anyhow::Result<()> {
+        self.ferret.restart()?;
+        self.await_ferret().await
+    }
+
+    pub(crate) async fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.redis.restart()?;
+        self.await_redis().await
+    }
+
+    /// Restarts a killed service replica on its port and waits until it
+    /// answers (not until it is ready: its dependencies may be down).
+    pub(crate) async fn restart_service(
+        &mut self,
+        query: bool,
+        index: usize,
+    ) -> anyhow::Result<()> {
+        let service = if query {
+            &mut self.queries[index]
+        } else {
+            &mut self.commands[index]
+        };
+        service.process.restart()?;
+        let url = service.url();
+        await_answer(&self.http, &url, "/healthz").await
+    }
+
+    async fn await_ferret(&self) -> anyhow::Result<()> {
+        let admin = self.mongo.database("admin");
+        let port = self.ferret_port;
+        eventually("FerretDB to answer a ping", START_DEADLINE, || {
+            let admin = admin.clone();
+            async move {
+                if !port_open(port).await {
+                    return None;
+                }
+                admin.run_command(bson::doc! { "ping": 1 }).await.ok()
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn await_redis(&self) -> anyhow::Result<()> {
+        let client = redis::Client::open(self.redis_url())?;
+        eventually("Redis to answer PING", START_DEADLINE, || {
+            let client = client.clone();
+            async move {
+                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .ok()
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn service_env(&self) -> Vec<(String, String)> {
+        let mut env = base_env();
+        env.extend(
+            [
+                ("HOST", "127.0.0.1".to_owned()),
+                ("MONGO_URL", self.mongo_url()),
+                ("REDIS_URL", self.redis_url()),
+                ("EVENTS_STREAM", self.names.stream.clone()),
+                ("RUST_LOG", "info".to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        env.extend(
+            SERVICE_TIMINGS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
+    }
+
+    fn command_recipe(
+        &self,
+        binaries: &Binaries,
+        index: usize,
+        port: u16,
+        query_port: u16,
+    ) -> Recipe {
+        let mut env = self.service_env();
+        env.extend(
+            [
+                ("PORT", port.to_string()),
+                ("WRITE_DB_NAME", self.names.write_db.clone()),
+                ("QUERY_BASE_URL", format!("http://127.0.0.1:{query_port}")),
+                ("API_TOKENS", TOKEN.to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        Recipe {
+            name: format!("command-service-{}", index + 1),
+            program: binaries.command_service.clone(),
+            args: Vec::new(),
+            env,
+            dir: self.dir().to_owned(),
+        }
+    }
+
+    fn query_recipe(&self, binaries: &Binaries, index: usize, port: u16) -> Recipe {
+        let name = format!("query-service-{}", index + 1);
+        let mut env = self.service_env();
+        env.extend(
+            [
+                ("PORT", port.to_string()),
+                ("READ_DB_NAME", self.names.read_db.clone()),
+                ("CONSUMER_GROUP", self.names.group.clone()),
+                // Stable across restarts: a restarted replica finishes its
+                // own pending entries first.
+                ("CONSUMER_NAME", name.clone()),
+                ("DEAD_LETTER_STREAM", self.names.dead_letter_stream.clone()),
+                ("CACHE_KEY_PREFIX", "books:cache:".to_owned()),
+                // The reconciliation with the write model.
+                ("WRITE_MONGO_URL", self.mongo_url()),
+                ("WRITE_DB_NAME", self.names.write_db.clone()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        Recipe {
+            name,
+            program: binaries.query_service.clone(),
+            args: Vec::new(),
+            env,
+            dir: self.dir().to_owned(),
+        }
+    }
+}
+
+/// What every child keeps of the test's environment: nothing but where
+/// programs and temporary files are.
+fn base_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "TMPDIR"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), std::env::var(name).ok()?)))
+        .collect()
+}
+
+/// FerretDB as `scripts/servers.sh` runs it, on `port` with its SQLite files
+/// in `<dir>/ferretdb`.
+fn ferret_recipe(binaries: &Binaries, dir: &Path, port: u16) -> anyhow::Result<Recipe> {
+    let data = dir.join("ferretdb");
+    std::fs::create_dir_all(&data)?;
+    Ok(Recipe {
+        name: "ferretdb".to_owned(),
+        program: binaries.ferretdb.clone(),
+        args: vec![
+            "--handler=sqlite".to_owned(),
+            format!("--sqlite-url=file:{}/", data.display()),
+            format!("--state-dir={}", data.display()),
+            format!("--listen-addr=127.0.0.1:{port}"),
+            "--debug-addr=-".to_owned(),
+            "--telemetry=disable".to_owned(),
+            "--log-level=warn".to_owned(),
+        ],
+        env: base_env(),
+        dir: dir.to_owned(),
+    })
+}
+
+/// Redis on `port` with its files in `<dir>/redis`: with an append-only
+/// file fsynced at every write (as `scripts/servers.sh` runs it), or with no
+/// persistence at all, so that a restart starts empty.
+fn redis_recipe(
+    binaries: &Binaries,
+    dir: &Path,
+    port: u16,
+    persistent: bool,
+) -> anyhow::Result<Recipe> {
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data)?;
+    let args = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &data.display().to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        if persistent { "yes" } else { "no" },
+        "--appendfsync",
+        "always",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    Ok(Recipe {
+        name: "redis".to_owned(),
+        program: binaries.redis_server.clone(),
+        args,
+        env: base_env(),
+        dir: dir.to_owned(),
+    })
+}
+
+/// Waits until `GET <url><path>` answers 200.
+async fn await_answer(http: &reqwest::Client, url: &str, path: &str) -> anyhow::Result<()> {
+    let target = format!("{url}{path}");
+    eventually(&format!("{target} to answer 200"), START_DEADLINE, || {
+        let request = http.get(&target).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await?;
+    Ok(())
+}
