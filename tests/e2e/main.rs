@@ -10,3 +10,4 @@ mod delivery;
 mod helpers;
 mod idempotence;
 mod round_trip;
+mod tracing;

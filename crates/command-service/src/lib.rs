@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod relay;
 pub mod routes;
 pub mod startup;

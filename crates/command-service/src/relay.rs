@@ -28,7 +28,10 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{BookStore, ClearGuard, PendingBook, Published};
+use crate::{
+    metrics::{self, Via},
+    store::{BookStore, ClearGuard, PendingBook, Published},
+};
 
 /// Most events handled in one pipeline.
 const BATCH: usize = 256;
@@ -178,6 +181,9 @@ impl Relay {
             .map(|o| (o.event_type, o.json.as_str()))
             .collect();
         self.append(&events).await?;
+        for (event_type, _) in &events {
+            metrics::event_published(event_type, Via::Immediate);
+        }
         let published: Vec<Published> = fresh
             .into_iter()
             .map(|o| Published {
@@ -217,6 +223,9 @@ impl Relay {
                 .collect();
             let count = events.len();
             self.append(&events).await?;
+            for (event_type, _) in &events {
+                metrics::event_published(event_type, Via::Sweep);
+            }
             let published: Vec<Published> = pending
                 .into_iter()
                 .map(PendingBook::into_published)

@@ -6,11 +6,15 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use platform::{
     health::Dependencies,
+    metrics::Scrape,
     server::{HttpServer, Stop},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, relay::Relay, routes, state::AppState, store::BookStore};
+use crate::{
+    config::Settings, metrics::OutboxBacklog, relay::Relay, routes, state::AppState,
+    store::BookStore,
+};
 
 /// A request may take this many dependency timeouts before it gets 503.
 const REQUEST_DEADLINE_FACTOR: u32 = 3;
@@ -25,6 +29,7 @@ impl Application {
     /// to create the indexes) and prepares Redis (connected on first use, so
     /// writes are accepted while Redis is down), then binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let client = platform::connect::mongo_client(
             &settings.mongo_url,
             "command-service",
@@ -54,11 +59,13 @@ impl Application {
             grace: settings.shutdown_timeout,
         };
         let state = AppState {
+            scrape: Scrape::new(OutboxBacklog(store.clone())),
             store,
             outbox,
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                workers: Vec::new(),
                 stopping: stop.token.clone(),
             },
             query_base_url: Arc::from(settings.query_base_url.as_str()),

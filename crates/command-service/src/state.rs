@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use platform::health::Dependencies;
+use platform::{health::Dependencies, metrics::Scrape};
 
 use crate::{auth::ApiTokens, relay::OutboxNotifier, store::BookStore};
 
@@ -15,6 +15,8 @@ pub struct AppState {
     /// Base URL of the query service, for `Location` headers.
     pub query_base_url: Arc<str>,
     pub api_tokens: ApiTokens,
+    /// What `/metrics` reads at each scrape: the outbox backlog.
+    pub scrape: Scrape,
 }
 
 impl FromRef<AppState> for ApiTokens {
@@ -32,5 +34,11 @@ impl FromRef<AppState> for BookStore {
 impl FromRef<AppState> for Dependencies {
     fn from_ref(state: &AppState) -> Self {
         state.dependencies.clone()
+    }
+}
+
+impl FromRef<AppState> for Scrape {
+    fn from_ref(state: &AppState) -> Self {
+        state.scrape.clone()
     }
 }

@@ -10,7 +10,7 @@
 //! write (even when the request stops waiting), so writers in one process
 //! never lose a compare-and-set to each other.
 
-use std::sync::Arc;
+use std::{future::IntoFuture, sync::Arc};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
@@ -52,6 +52,14 @@ pub struct PendingBook {
     pub id: ObjectId,
     pub version: i64,
     pub events: Vec<String>,
+}
+
+/// What the outbox holds: how many books have events waiting for the relay,
+/// and since when the oldest of them waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub books: u64,
+    pub oldest: Option<ChronoDateTime<Utc>>,
 }
 
 /// Why a stored book could not be read.
@@ -254,6 +262,26 @@ impl BookStore {
                 })
             })
             .collect())
+    }
+
+    /// The outbox backlog. Both reads go through the `outboxAt` index alone
+    /// (a range over dates, which only books with pending events have), so
+    /// a scrape costs little however many books there are.
+    pub async fn backlog(&self) -> mongodb::error::Result<Backlog> {
+        let pending = doc! { "outboxAt": { "$gte": DateTime::MIN } };
+        let count = self.books.count_documents(pending.clone());
+        let oldest = self
+            .books
+            .find_one(pending)
+            .sort(doc! { "outboxAt": 1 })
+            .projection(doc! { "_id": 0, "outboxAt": 1 });
+        let (books, oldest) = futures::try_join!(count.into_future(), oldest.into_future())?;
+        Ok(Backlog {
+            books,
+            oldest: oldest
+                .and_then(|document| document.get_datetime("outboxAt").ok().copied())
+                .map(DateTime::to_chrono),
+        })
     }
 
     /// Clears published events from their outboxes. One round trip when

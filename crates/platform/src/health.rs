@@ -1,7 +1,15 @@
 //! Liveness and readiness answers. Liveness (`/healthz`) never touches a
-//! dependency; readiness (`/readyz`) pings each one with a short timeout.
+//! dependency; readiness (`/readyz`) pings each one with a short timeout
+//! and reads how the service's own background workers report themselves.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{
     extract::{FromRef, State},
@@ -15,14 +23,36 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What readiness checks: the service's MongoDB database and Redis, and
-/// whether the service is stopping.
+/// What readiness checks: the service's MongoDB database and Redis, its
+/// background workers, and whether the service is stopping.
 #[derive(Clone)]
 pub struct Dependencies {
     pub mongo: mongodb::Database,
     pub redis: ConnectionManager,
+    /// Each background worker the service needs running, by check name.
+    pub workers: Vec<(&'static str, WorkerStatus)>,
     /// The server's stop token: once cancelled, the service is not ready.
     pub stopping: CancellationToken,
+}
+
+/// Whether a background worker is doing its job, as the worker itself
+/// reports it; down until it first says otherwise. Reading it costs
+/// nothing, so readiness and scrapes may ask as often as they like.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStatus(Arc<AtomicBool>);
+
+impl WorkerStatus {
+    pub fn up(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn down(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// `/healthz` and `/readyz` for any state that holds the `Dependencies`.
@@ -43,21 +73,24 @@ pub struct Health {
     /// `stopping`.
     #[schema(example = "ready")]
     pub status: &'static str,
-    /// Each dependency checked, `up` or `down` (readiness only).
+    /// Each dependency and background worker checked, `up` or `down`
+    /// (readiness only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    #[schema(required = false, value_type = BTreeMap<String, String>, example = json!({"mongodb": "up", "redis": "up"}))]
+    #[schema(required = false, value_type = BTreeMap<String, String>, example = json!({"mongodb": "up", "redis": "up", "consumer": "up"}))]
     pub checks: BTreeMap<&'static str, &'static str>,
 }
 
-/// Readiness: whether MongoDB and Redis answer a ping within a second and
-/// the service is not stopping.
+/// Readiness: whether MongoDB and Redis answer a ping within a second, the
+/// service's background workers run (query-service: its consumer, `up`
+/// once it has read from the consumer group and while its session
+/// holds), and the service is not stopping.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "Every dependency answers", body = Health),
-        (status = 503, description = "A dependency does not answer, or the service is stopping", body = Health),
+        (status = 200, description = "Every dependency answers and every worker runs", body = Health),
+        (status = 503, description = "A dependency does not answer, a worker is down, or the service is stopping", body = Health),
         crate::openapi::Unexpected,
     )
 )]
@@ -70,7 +103,13 @@ async fn readiness(State(mut deps): State<Dependencies>) -> (StatusCode, Json<He
         return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
     }
     let (mongo, redis) = tokio::join!(mongo_up(&deps.mongo), redis_up(&mut deps.redis));
-    report(&[("mongodb", mongo), ("redis", redis)])
+    let mut checks = vec![("mongodb", mongo), ("redis", redis)];
+    checks.extend(
+        deps.workers
+            .iter()
+            .map(|(name, status)| (*name, status.is_up())),
+    );
+    report(&checks)
 }
 
 /// Liveness: the process serves requests. Touches no dependency.

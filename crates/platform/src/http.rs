@@ -1,7 +1,7 @@
 //! The HTTP pieces both services share: JSON body and query string
 //! extractors whose every rejection is a precise problem+json, the layers every route gets
-//! (request id, tracing, body limit, panic guard) and the fallbacks for
-//! unknown routes and methods.
+//! (request id, trace context, logging, metrics, body limit, panic guard)
+//! and the fallbacks for unknown routes and methods.
 
 use std::time::Duration;
 
@@ -21,7 +21,10 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::problem::{FieldProblem, Problem, ProblemKind};
+use crate::{
+    problem::{FieldProblem, Problem, ProblemKind},
+    trace::TraceContext,
+};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -367,10 +370,11 @@ async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -
 }
 
 /// Wraps `router` in the layers every service route gets: problem+json
-/// fallbacks, a body size limit, a deadline per request, an `x-request-id`
-/// on every request (kept if the client sent one) echoed in the response and
-/// in every log line of the request, and a guard that turns a panic into a
-/// 500 problem.
+/// fallbacks, a body size limit, a deadline per request, a guard that turns
+/// a panic into a 500 problem, request counts and latencies (see
+/// `metrics`), a trace context (see `trace`), and an `x-request-id` on
+/// every request (kept if the client sent one) echoed in the response.
+/// The request id and the trace id are on every log line of the request.
 pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Duration) -> Router {
     router
         .fallback(not_found)
@@ -381,6 +385,7 @@ pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Dur
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_to_problem))
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -389,15 +394,21 @@ pub fn with_common_layers(router: Router, body_limit: usize, deadline_after: Dur
                         .get(REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
+                    let trace_id = request
+                        .extensions()
+                        .get::<TraceContext>()
+                        .map_or("-", TraceContext::trace_id);
                     tracing::info_span!(
                         "request",
                         method = %request.method(),
                         uri = %request.uri().path(),
                         request_id,
+                        trace_id,
                     )
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        .layer(axum::middleware::from_fn(crate::trace::propagate))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

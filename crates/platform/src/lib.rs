@@ -1,6 +1,6 @@
 //! What both book services share: logging setup, the problem+json error
 //! body, the HTTP layers every route gets, shutdown on signals, health
-//! checks and connections to MongoDB and Redis.
+//! checks, metrics, trace context and connections to MongoDB and Redis.
 
 pub mod connect;
 pub mod document;
@@ -10,12 +10,14 @@ pub mod health;
 pub mod http;
 pub mod lease;
 pub mod locks;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod trace;
 
 pub use connect::RedactedUrl;
 pub use error::ApiError;

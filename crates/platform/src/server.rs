@@ -59,8 +59,8 @@ impl HttpServer {
         self.stop.token.clone()
     }
 
-    /// Serves, running `background` beside the server, until a signal or
-    /// the token starts the stop; after the drain period, the server stops
+    /// Serves, running `background` (and the metrics' upkeep) beside the
+    /// server, until a signal or the token starts the stop; after the drain period, the server stops
     /// accepting, and in-flight requests and `background` (whose token is
     /// cancelled then) have the grace period to finish.
     pub async fn run<F>(
@@ -101,6 +101,7 @@ impl HttpServer {
             }
         });
         tasks.spawn(background(shutdown.clone()));
+        tasks.spawn(crate::metrics::upkeep(shutdown.clone()));
         tasks.close();
 
         let served = axum::serve(listener, router)

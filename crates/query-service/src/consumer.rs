@@ -21,6 +21,10 @@
 //! After each batch it bumps a counter that read-your-writes requests
 //! watch.
 //!
+//! The consumer reports itself up (to readiness and `/metrics`) once a read
+//! from the group succeeded, and down while its session fails; it counts
+//! what it reads, applies, skips as stale, fails and dead-letters.
+//!
 //! Beside the consumption, the read model is readied with the same backoff
 //! (indexes, and author keys of books an older version wrote): the service
 //! starts while MongoDB is down, and consuming does not wait for it.
@@ -33,11 +37,17 @@ use std::{
 
 use domain::BookEvent;
 use futures::{stream, StreamExt};
+use platform::health::WorkerStatus;
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::{projection::Applied, projector::Projector};
+use crate::{
+    metrics::{self, DeadLetterReason, FailureCause},
+    projection::Applied,
+    projector::Projector,
+};
 
 /// Trims KEYS[1] to the oldest entry any group still needs: for each group
 /// the smaller of its last-delivered id (what it has not read comes after)
@@ -95,6 +105,9 @@ pub struct Consumer {
     /// Notified when the group had to be created, which after the first
     /// start means Redis lost it, and possibly events with it.
     pub group_created: Arc<Notify>,
+    /// Up once a read from the group succeeded, down while a session
+    /// fails: what readiness and `/metrics` say of the consumer.
+    pub status: WorkerStatus,
 }
 
 /// Where the next read starts: our own pending entries after this id, or
@@ -117,7 +130,9 @@ impl Cursor {
 /// The outcome of one entry.
 enum Outcome {
     Done,
-    DeadLetter(String),
+    /// Give it up: its category (for the metrics) and the reason recorded
+    /// with the dead letter.
+    DeadLetter(DeadLetterReason, String),
     Retry(anyhow::Error),
 }
 
@@ -138,6 +153,7 @@ impl Consumer {
             match self.consume(shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
+                    self.status.down();
                     tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "event consumer failed");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -244,10 +260,12 @@ impl Consumer {
                 () = shutdown.cancelled() => return Ok(()),
                 reply = read.query_async(&mut connection) => reply?,
             };
+            self.status.up();
             let entries = reply
                 .and_then(|r| r.keys.into_iter().next())
                 .map(|k| k.ids)
                 .unwrap_or_default();
+            metrics::events_consumed(entries.len());
             if entries.is_empty() {
                 if let Cursor::Pending(_) = cursor {
                     tracing::debug!("no pending entries left; reading new ones");
@@ -384,7 +402,7 @@ impl Consumer {
     ) -> anyhow::Result<Option<anyhow::Error>> {
         let applied: Vec<AppliedEntry> = stream::iter(entries)
             .map(|entry| async move {
-                let (outcome, author_keys) = self.apply(&entry.map).await;
+                let (outcome, author_keys) = self.apply(&entry.id, &entry.map).await;
                 (entry.id, entry.map, outcome, author_keys)
             })
             .buffered(APPLY_CONCURRENCY)
@@ -426,10 +444,12 @@ impl Consumer {
         pipe.atomic();
         let mut commands = 0usize;
         let mut first_error = None;
+        let mut dead_lettered = Vec::new();
         for (id, fields, outcome) in outcomes {
             let delivered = deliveries.get(&id).copied().unwrap_or(1);
             let outcome = match outcome {
                 Outcome::Retry(error) if is_transient(&error) => {
+                    metrics::event_failed(FailureCause::Outage);
                     // Give the delivery back: a wait for MongoDB or Redis is
                     // not a failure of the event.
                     pipe.cmd("XCLAIM")
@@ -445,17 +465,26 @@ impl Consumer {
                     commands += 1;
                     Outcome::Retry(error)
                 }
-                Outcome::Retry(error) if delivered >= self.max_deliveries => {
-                    Outcome::DeadLetter(format!(
-                        "failed {} deliveries; last error: {error:#}",
-                        self.max_deliveries
-                    ))
+                Outcome::Retry(error) => {
+                    metrics::event_failed(FailureCause::Error);
+                    if delivered >= self.max_deliveries {
+                        Outcome::DeadLetter(
+                            DeadLetterReason::Failing,
+                            format!(
+                                "failed {} deliveries; last error: {error:#}",
+                                self.max_deliveries
+                            ),
+                        )
+                    } else {
+                        Outcome::Retry(error)
+                    }
                 }
                 other => other,
             };
             match outcome {
                 Outcome::Done => {}
-                Outcome::DeadLetter(reason) => {
+                Outcome::DeadLetter(category, reason) => {
+                    dead_lettered.push(category);
                     tracing::error!(entry = %id, %reason, "event cannot be applied; moved to the dead-letter stream");
                     let mut add = redis::cmd("XADD");
                     add.arg(&self.dead_letter_stream)
@@ -486,35 +515,63 @@ impl Consumer {
         if commands > 0 {
             pipe.query_async::<()>(connection).await?;
         }
+        // Counted once Redis took them: after a failed pipeline they are
+        // still pending, and are dead-lettered (and counted) next time.
+        for category in dead_lettered {
+            metrics::event_dead_lettered(category);
+        }
         Ok(first_error)
     }
 
-    /// Applies the book's part of one entry; the author keys whose
-    /// summaries it needs are returned with a done outcome.
-    async fn apply(&self, fields: &HashMap<String, Value>) -> (Outcome, Vec<String>) {
+    /// Applies the book's part of entry `id` within a span naming its
+    /// event and the trace of the request that caused it, so that every
+    /// line logged meanwhile carries the trace id; the author keys whose
+    /// summaries it needs are returned with a done outcome. Each event
+    /// written is one `info` line, as each command is on the command side;
+    /// a stale one (a duplicate, a redelivery) is only a `debug` line, since
+    /// a replay makes many.
+    async fn apply(&self, id: &str, fields: &HashMap<String, Value>) -> (Outcome, Vec<String>) {
+        let unreadable = |reason: String| {
+            (
+                Outcome::DeadLetter(DeadLetterReason::Unreadable, reason),
+                Vec::new(),
+            )
+        };
         let data = match fields.get("data") {
             Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => {
-                return (
-                    Outcome::DeadLetter("entry has no data field".to_owned()),
-                    Vec::new(),
-                )
-            }
+            _ => return unreadable("entry has no data field".to_owned()),
         };
         let event = match BookEvent::from_json(&data) {
             Ok(event) => event,
-            Err(error) => return (Outcome::DeadLetter(error.to_string()), Vec::new()),
+            Err(error) => return unreadable(error.to_string()),
         };
-        match self.bounded(self.projector.apply_book(&event)).await {
-            Ok((applied, author_keys)) => {
-                tracing::debug!(
-                    book_id = %event.book_id,
-                    version = event.version,
-                    event_type = event.event_type.as_str(),
-                    stale = applied == Applied::Stale,
-                    traceparent = event.traceparent.as_deref().unwrap_or("-"),
-                    "event applied"
-                );
+        let event_type = event.event_type.as_str();
+        let trace_id = event
+            .traceparent
+            .as_deref()
+            .and_then(platform::trace::trace_id_of);
+        let span = tracing::info_span!(
+            "event",
+            entry = id,
+            book_id = %event.book_id,
+            version = event.version,
+            event_type,
+            trace_id = trace_id.as_deref().unwrap_or("-"),
+        );
+        let applied = self
+            .bounded(self.projector.apply_book(&event))
+            .instrument(span.clone())
+            .await;
+        let _in_span = span.enter();
+        match applied {
+            Ok((Applied::Written, author_keys)) => {
+                metrics::event_applied(event_type);
+                tracing::info!("event applied");
+                (Outcome::Done, author_keys)
+            }
+            Ok((Applied::Stale, author_keys)) => {
+                metrics::event_stale(event_type);
+                tracing::debug!("event skipped: the read model holds this version or a newer one");
                 (Outcome::Done, author_keys)
             }
             Err(error) => (Outcome::Retry(error), Vec::new()),

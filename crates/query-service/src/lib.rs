@@ -10,6 +10,7 @@ pub mod dead_letters;
 pub mod generation;
 pub mod listing;
 pub mod lookup;
+pub mod metrics;
 pub mod projection;
 pub mod projector;
 pub mod rebuild;

@@ -1,11 +1,13 @@
 //! Where a read of one book looks: the Redis cache first, then the read
 //! model, whose answer refills the cache. Reads survive a Redis outage: a
-//! cache that cannot be read is logged and skipped.
+//! cache that cannot be read is logged and skipped. Each lookup is counted
+//! as a hit, a miss or an error, for the cache's hit ratio.
 
 use domain::BookId;
 
 use crate::{
     cache::{BookCache, Cached},
+    metrics::{self, CacheResult},
     projection::ReadModel,
 };
 
@@ -21,9 +23,16 @@ impl BookLookup {
     #[tracing::instrument(skip(self))]
     pub async fn current(&self, id: &BookId) -> anyhow::Result<Option<Cached>> {
         let cache_up = match self.cache.get(id).await {
-            Ok(Some(hit)) => return Ok(Some(hit)),
-            Ok(None) => true,
+            Ok(Some(hit)) => {
+                metrics::cache_lookup(CacheResult::Hit);
+                return Ok(Some(hit));
+            }
+            Ok(None) => {
+                metrics::cache_lookup(CacheResult::Miss);
+                true
+            }
             Err(error) => {
+                metrics::cache_lookup(CacheResult::Error);
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "cache unreadable; reading the read model"

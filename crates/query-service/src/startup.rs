@@ -6,8 +6,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use platform::{
     document::BookDocument,
-    health::Dependencies,
+    health::{Dependencies, WorkerStatus},
     lease::Lease,
+    metrics::Scrape,
     server::{HttpServer, Stop},
 };
 use tokio::sync::{watch, Notify};
@@ -19,6 +20,7 @@ use crate::{
     consumer::Consumer,
     generation::ActiveGeneration,
     lookup::BookLookup,
+    metrics::ConsumerGroup,
     projection::ReadModel,
     projector::Projector,
     reconcile::{self, Reconciler},
@@ -43,6 +45,7 @@ impl Application {
     /// Prepares MongoDB and Redis clients (both connect lazily and
     /// reconnect by themselves) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let client = platform::connect::mongo_client(
             &settings.mongo_url,
             "query-service",
@@ -79,6 +82,7 @@ impl Application {
             ),
         };
         let (batches, batches_seen) = watch::channel(0);
+        let consumer_status = WorkerStatus::default();
         let consumer = Consumer {
             client: redis_client,
             projector: Projector {
@@ -98,6 +102,7 @@ impl Application {
             max_deliveries: settings.max_deliveries.max(1),
             trim_interval: settings.trim_interval,
             group_created,
+            status: consumer_status.clone(),
         };
         let stop = Stop {
             token: CancellationToken::new(),
@@ -113,9 +118,16 @@ impl Application {
             summaries,
             batches: batches_seen,
             read_your_writes_timeout: settings.read_your_writes_timeout,
+            scrape: Scrape::new(ConsumerGroup {
+                redis: redis.clone(),
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+                consumer: consumer_status.clone(),
+            }),
             dependencies: Dependencies {
                 mongo: database,
                 redis,
+                workers: vec![("consumer", consumer_status)],
                 stopping: stop.token.clone(),
             },
         };

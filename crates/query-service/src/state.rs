@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::FromRef;
-use platform::health::Dependencies;
+use platform::{health::Dependencies, metrics::Scrape};
 use tokio::sync::watch;
 
 use crate::{lookup::BookLookup, projection::ReadModel, summary::AuthorSummaries};
@@ -19,6 +19,8 @@ pub struct AppState {
     /// How long a read waits for the version it asks for.
     pub read_your_writes_timeout: Duration,
     pub dependencies: Dependencies,
+    /// What `/metrics` reads at each scrape: the consumer group's figures.
+    pub scrape: Scrape,
 }
 
 impl FromRef<AppState> for ReadModel {
@@ -36,5 +38,11 @@ impl FromRef<AppState> for AuthorSummaries {
 impl FromRef<AppState> for Dependencies {
     fn from_ref(state: &AppState) -> Self {
         state.dependencies.clone()
+    }
+}
+
+impl FromRef<AppState> for Scrape {
+    fn from_ref(state: &AppState) -> Self {
+        state.scrape.clone()
     }
 }

@@ -9,6 +9,8 @@
 mod app;
 mod cleanup;
 mod containers;
+pub mod logs;
+pub mod metrics;
 mod proxy;
 
 use std::{future::Future, time::Duration};

@@ -8,12 +8,16 @@
 //! without it the change applies to whatever version is current (last
 //! write wins). Either way the write is a compare-and-set on the version
 //! read, so two writers never both succeed from the same version.
+//!
+//! Every event carries the request's W3C `traceparent` (the caller's when
+//! valid, else a new trace; see `platform::trace`), so the event can be
+//! followed from this request to its projection.
 
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
@@ -22,6 +26,7 @@ use platform::{
     document::StoredBook,
     http::{etag, JsonBody, PathParam},
     problem::{parse_book_id, ProblemKind},
+    trace::TraceContext,
     ApiError, Problem,
 };
 use serde::{Deserialize, Deserializer};
@@ -233,7 +238,7 @@ impl BookMergePatch {
 async fn create_book(
     _: Authenticated,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(trace): Extension<TraceContext>,
     JsonBody(body): JsonBody<BookBody>,
 ) -> Result<Response, ApiError> {
     let draft = body.parse()?;
@@ -241,7 +246,7 @@ async fn create_book(
     let id = BookId::parse(&object_id.to_hex()).expect("an ObjectId is 24 hex digits");
     tracing::Span::current().record("book_id", id.as_str());
     let book = Book::create(id, draft, now());
-    let event = BookEvent::created(&book, traceparent(&headers));
+    let event = BookEvent::created(&book, Some(trace.as_str().to_owned()));
     let json = event.to_json();
 
     let stored_at = tokio::time::Instant::now();
@@ -288,10 +293,14 @@ async fn replace_book(
     _: Authenticated,
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
+    Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<BookBody>,
 ) -> Result<Response, ApiError> {
-    respond(&state, &id, &headers, || body.parse().map(Command::Replace)).await
+    respond(&state, &id, &headers, &trace, || {
+        body.parse().map(Command::Replace)
+    })
+    .await
 }
 
 /// Changes some of a book's fields.
@@ -323,10 +332,14 @@ async fn patch_book(
     _: Authenticated,
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
+    Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<BookMergePatch>,
 ) -> Result<Response, ApiError> {
-    respond(&state, &id, &headers, || body.parse().map(Command::Patch)).await
+    respond(&state, &id, &headers, &trace, || {
+        body.parse().map(Command::Patch)
+    })
+    .await
 }
 
 /// Deletes a book.
@@ -353,9 +366,10 @@ async fn delete_book(
     _: Authenticated,
     State(state): State<AppState>,
     PathParam(id): PathParam<String>,
+    Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    respond(&state, &id, &headers, || Ok(Command::Delete)).await
+    respond(&state, &id, &headers, &trace, || Ok(Command::Delete)).await
 }
 
 /// A change to an existing book.
@@ -394,19 +408,13 @@ async fn respond(
     state: &AppState,
     raw_id: &str,
     headers: &HeaderMap,
+    trace: &TraceContext,
     command: impl FnOnce() -> Result<Command, domain::ValidationErrors>,
 ) -> Result<Response, ApiError> {
     let id = parse_book_id(raw_id)?;
     let precondition = IfMatch::from_headers(headers)?;
     let command = command()?;
-    let outcome = execute(
-        state,
-        &id,
-        precondition.as_ref(),
-        traceparent(headers),
-        command,
-    )
-    .await?;
+    let outcome = execute(state, &id, precondition.as_ref(), trace.as_str(), command).await?;
     Ok(outcome.into_response())
 }
 
@@ -418,7 +426,7 @@ async fn execute(
     state: &AppState,
     id: &BookId,
     precondition: Option<&IfMatch>,
-    traceparent: Option<String>,
+    traceparent: &str,
     command: Command,
 ) -> Result<Outcome, ApiError> {
     let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
@@ -443,7 +451,7 @@ async fn execute(
             Command::Delete => {
                 let version = current.version + 1;
                 let at = now.max(current.state.updated_at);
-                let event = BookEvent::deleted(id, version, at, traceparent.clone());
+                let event = BookEvent::deleted(id, version, at, Some(traceparent.to_owned()));
                 let json = event.to_json();
                 if state
                     .store
@@ -459,14 +467,14 @@ async fn execute(
                 let next = current.replace(draft.clone(), now);
                 let event = next
                     .as_ref()
-                    .map(|b| BookEvent::updated(b, traceparent.clone()));
+                    .map(|b| BookEvent::updated(b, Some(traceparent.to_owned())));
                 (next, event)
             }
             Command::Patch(patch) => {
                 let next = current.patch(patch.clone(), now);
                 let event = next
                     .as_ref()
-                    .map(|b| BookEvent::updated(b, traceparent.clone()));
+                    .map(|b| BookEvent::updated(b, Some(traceparent.to_owned())));
                 (next, event)
             }
         };
@@ -490,7 +498,8 @@ async fn execute(
     .into())
 }
 
-/// Hands a stored event to the relay for immediate publication.
+/// Counts a stored event and hands it to the relay for immediate
+/// publication.
 fn publish(
     state: &AppState,
     book_id: ObjectId,
@@ -498,6 +507,7 @@ fn publish(
     json: String,
     stored_at: tokio::time::Instant,
 ) {
+    crate::metrics::event_appended(event.event_type.as_str());
     state.outbox.notify(Outgoing {
         book_id,
         event_type: event.event_type.as_str(),
@@ -592,19 +602,6 @@ fn malformed_if_match() -> Problem {
     )
 }
 
-/// The caller's W3C `traceparent`, when it has the right shape, so the event
-/// can be followed from this request to its projection.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
-    let parts: Vec<&str> = value.split('-').collect();
-    let well_formed = parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()));
-    well_formed.then(|| value.to_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,31 +610,6 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(name, HeaderValue::from_str(value).unwrap());
         headers
-    }
-
-    #[test]
-    fn a_well_formed_traceparent_is_kept() {
-        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            traceparent(&with_header("traceparent", value)).as_deref(),
-            Some(value)
-        );
-    }
-
-    #[test]
-    fn a_malformed_traceparent_is_dropped() {
-        for value in [
-            "",
-            "00-abc-def-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert_eq!(
-                traceparent(&with_header("traceparent", value)),
-                None,
-                "{value:?}"
-            );
-        }
     }
 
     fn if_match(value: &str) -> Result<Option<IfMatch>, Problem> {

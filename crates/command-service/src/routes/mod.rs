@@ -23,6 +23,7 @@ use crate::state::AppState;
     tags(
         (name = "books", description = "Create, replace, change and delete books"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "metrics", description = "Prometheus metrics"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -46,6 +47,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(books::router())
         .merge(platform::health::router())
+        .merge(platform::metrics::router())
 }
 
 /// The OpenAPI document of every route `router` serves.

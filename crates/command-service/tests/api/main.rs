@@ -6,5 +6,7 @@ mod changes;
 mod concurrency;
 mod health;
 mod helpers;
+mod metrics;
 mod openapi;
 mod relay;
+mod trace;

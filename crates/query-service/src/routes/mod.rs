@@ -22,6 +22,7 @@ use crate::state::AppState;
         (name = "books", description = "The read model of books"),
         (name = "authors", description = "Summaries of each author's books"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "metrics", description = "Prometheus metrics"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -33,6 +34,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(books::router())
         .merge(authors::router())
         .merge(platform::health::router())
+        .merge(platform::metrics::router())
 }
 
 /// The OpenAPI document of every route `router` serves.

@@ -7,6 +7,7 @@ mod consumer;
 mod health;
 mod helpers;
 mod list;
+mod metrics;
 mod openapi;
 mod read_your_writes;
 mod reconcile;
