@@ -112,22 +112,10 @@ impl Progress {
     }
 }
 
-/// Which books a client changes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Sharing {
-    /// Every client changes any known book: concurrent writers of one book.
-    Shared,
-    /// Each client changes only the books it created, so no two writers
-    /// race on a book (what several command replicas on FerretDB need; see
-    /// the README's MongoDB compatibility).
-    PerClient,
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct Burst {
     pub(crate) total: usize,
     pub(crate) clients: usize,
-    pub(crate) sharing: Sharing,
     pub(crate) command_urls: Vec<String>,
 }
 
@@ -160,19 +148,17 @@ impl Burst {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .build()?;
+        // Every client changes any known book: concurrent writers of one
+        // book, through every replica.
         let shared = Pool::default();
         let clients: Vec<_> = (0..self.clients)
             .map(|index| {
-                let pool = match self.sharing {
-                    Sharing::Shared => shared.clone(),
-                    Sharing::PerClient => Pool::default(),
-                };
                 let client = Client {
                     index,
                     http: http.clone(),
                     urls: self.command_urls.clone(),
                     target: index % self.command_urls.len(),
-                    pool,
+                    pool: shared.clone(),
                     rng: Rng::new(index as u64 + 1),
                     total: self.total,
                     progress: progress.clone(),

@@ -88,30 +88,11 @@ impl Args {
     }
 }
 
-/// Scenarios that need MongoDB's atomic conditional updates, which the
-/// FerretDB v1 these scenarios run on does not give: with two
-/// command-service replicas, one replica's outbox clear can write a whole
-/// book back over the other's change (see the README's MongoDB
-/// compatibility). They run only when `FAULTS_ATOMIC_UPDATES` is set, for a
-/// FerretDB release or server that applies update filters atomically.
-const NEED_ATOMIC_UPDATES: [&str; 1] = ["replicas-one-of-each-sigkill"];
-
 fn main() -> ExitCode {
     let args = Args::parse(std::env::args().skip(1));
-    let atomic_updates = std::env::var_os("FAULTS_ATOMIC_UPDATES").is_some();
     let scenarios: Vec<_> = scenarios::all()
         .into_iter()
         .filter(|s| args.selects(s.name))
-        .filter(|s| {
-            let runnable = atomic_updates || !NEED_ATOMIC_UPDATES.contains(&s.name);
-            if !runnable && !args.list {
-                eprintln!(
-                    "fault injection: {} SKIPPED: two command-service replicas need atomic conditional updates, which FerretDB v1 lacks (set FAULTS_ATOMIC_UPDATES to run it)",
-                    s.name
-                );
-            }
-            runnable
-        })
         .collect();
     if args.list {
         for scenario in &scenarios {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::{
     audit::{Audit, AuditStats},
-    burst::{Burst, BurstResult, Outcome, Progress, Sharing, Write},
+    burst::{Burst, BurstResult, Outcome, Progress, Write},
     convergence::{caught_up, converge, Convergence, Models},
     processes::Binaries,
     report::Row,
@@ -65,7 +65,6 @@ pub(crate) struct Scenario {
     pub(crate) name: &'static str,
     fault: Fault,
     topology: Topology,
-    sharing: Sharing,
 }
 
 pub(crate) fn all() -> Vec<Scenario> {
@@ -78,31 +77,26 @@ pub(crate) fn all() -> Vec<Scenario> {
             name: "query-service-sigkill",
             fault: Fault::KillQuery,
             topology: one(true),
-            sharing: Sharing::Shared,
         },
         Scenario {
             name: "command-service-sigkill",
             fault: Fault::KillCommand,
             topology: one(true),
-            sharing: Sharing::Shared,
         },
         Scenario {
             name: "redis-restart-persistent",
             fault: Fault::RestartRedis,
             topology: one(true),
-            sharing: Sharing::Shared,
         },
         Scenario {
             name: "redis-restart-without-persistence",
             fault: Fault::RestartRedis,
             topology: one(false),
-            sharing: Sharing::Shared,
         },
         Scenario {
             name: "ferretdb-restart",
             fault: Fault::StopFerret,
             topology: one(true),
-            sharing: Sharing::Shared,
         },
         Scenario {
             name: "replicas-one-of-each-sigkill",
@@ -111,15 +105,11 @@ pub(crate) fn all() -> Vec<Scenario> {
                 replicas: 2,
                 redis_persistent: true,
             },
-            // Several command replicas on FerretDB must not race on one
-            // book (see the README's MongoDB compatibility).
-            sharing: Sharing::PerClient,
         },
         Scenario {
             name: "poison-event",
             fault: Fault::Poison,
             topology: one(true),
-            sharing: Sharing::Shared,
         },
     ]
 }
@@ -178,7 +168,6 @@ async fn exercise(scenario: &Scenario, system: &mut System, row: &mut Row) -> an
     let burst = Burst {
         total: WRITES,
         clients: CLIENTS,
-        sharing: scenario.sharing,
         command_urls: system.command_urls(),
     };
     let burst = tokio::spawn(burst.run(progress.clone()));

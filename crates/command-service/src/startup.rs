@@ -12,8 +12,8 @@ use platform::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Settings, metrics::OutboxBacklog, relay::Relay, routes, state::AppState,
-    store::BookStore,
+    config::Settings, metrics::OutboxBacklog, relay::Relay, replica_locks::ReplicaLocks, routes,
+    state::AppState, store::BookStore,
 };
 
 /// A request may take this many dependency timeouts before it gets 503.
@@ -37,7 +37,19 @@ impl Application {
         )
         .await?;
         let database = client.database(&settings.database);
-        let store = BookStore::new(&database);
+        let replica_locks = settings
+            .cross_replica_locks
+            .applies_to(&database)
+            .await
+            .with_context(|| format!("cannot reach MongoDB at {}", settings.mongo_url))?
+            .then(|| {
+                tracing::info!(
+                    "writes take locks shared by the replicas (CROSS_REPLICA_LOCKS={:?})",
+                    settings.cross_replica_locks
+                );
+                ReplicaLocks::new(&database, settings.replica_lock_ttl)
+            });
+        let store = BookStore::new(&database, replica_locks);
         store
             .ensure_indexes()
             .await

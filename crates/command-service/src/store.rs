@@ -4,8 +4,10 @@
 //! therefore one single-document write: atomic without transactions.
 //!
 //! Conditional writes (the compare-and-set of a change, the relay's clear)
-//! also hold this process's lock on the document: FerretDB v1 does not apply
-//! an update's filter atomically (see `platform::locks`). A change holds it
+//! also hold this process's lock on the document, and on a backend such as
+//! FerretDB v1, which does not apply an update's filter atomically (see
+//! `platform::locks`), a lock shared with the other replicas
+//! (`replica_locks`). A change holds it
 //! from the read of the current version until the database has answered its
 //! write (even when the request stops waiting), so writers in one process
 //! never lose a compare-and-set to each other.
@@ -14,8 +16,8 @@ use std::{future::IntoFuture, sync::Arc};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
-use futures::TryStreamExt;
-use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::{options::IndexOptions, results::UpdateResult, Collection, Database, IndexModel};
 use platform::{
     document::{BookDocument, CorruptBook, StoredBook},
     locks::{finish_locked, DocumentGuard, DocumentLocks},
@@ -23,7 +25,11 @@ use platform::{
 
 use domain::Book;
 
+use crate::replica_locks::{ReplicaLock, ReplicaLocks};
+
 const BOOKS: &str = "books";
+/// How many outbox clears run at once.
+const UPDATE_CONCURRENCY: usize = 8;
 
 /// Events published but not yet cleared from their book's outbox.
 #[derive(Debug, Clone)]
@@ -71,25 +77,29 @@ pub enum StoreError {
     Corrupt(#[from] CorruptBook),
 }
 
-/// This process's lock on one book document, held from reading a book to
-/// writing its next version.
+/// This process's lock on one book document (and, where writes need it,
+/// the replicas' lock), held from reading a book to writing its next
+/// version.
 pub struct BookLock {
     guard: DocumentGuard,
+    replica: Option<ReplicaLock>,
 }
 
 #[derive(Clone)]
 pub struct BookStore {
-    db: Database,
     books: Collection<Document>,
     locks: Arc<DocumentLocks>,
+    replica_locks: Option<Arc<ReplicaLocks>>,
 }
 
 impl BookStore {
-    pub fn new(db: &Database) -> Self {
+    /// A store whose writes also take the replicas' locks when
+    /// `replica_locks` is given.
+    pub fn new(db: &Database, replica_locks: Option<ReplicaLocks>) -> Self {
         Self {
-            db: db.clone(),
             books: db.collection(BOOKS),
             locks: Arc::default(),
+            replica_locks: replica_locks.map(Arc::new),
         }
     }
 
@@ -131,11 +141,14 @@ impl BookStore {
         Ok(())
     }
 
-    /// Waits for this process's lock on book `id`.
-    pub async fn lock(&self, id: ObjectId) -> BookLock {
-        BookLock {
-            guard: self.locks.lock(&id).await,
-        }
+    /// Waits for this process's lock on book `id`, then for the replicas'.
+    pub async fn lock(&self, id: ObjectId) -> mongodb::error::Result<BookLock> {
+        let guard = self.locks.lock(&id).await;
+        let replica = match &self.replica_locks {
+            Some(locks) => Some(locks.lock(id).await?),
+            None => None,
+        };
+        Ok(BookLock { guard, replica })
     }
 
     /// The book with this id as the write model holds it, if any.
@@ -216,8 +229,13 @@ impl BookStore {
             "deleted": { "$ne": true },
         };
         let books = self.books.clone();
-        let result = finish_locked(locked.guard, async move {
-            books.update_one(filter, update).await
+        let BookLock { guard, replica } = locked;
+        let result = finish_locked(guard, async move {
+            let result = books.update_one(filter, update).await;
+            if let Some(replica) = replica {
+                replica.release().await;
+            }
+            result
         })
         .await?;
         Ok(result.modified_count == 1)
@@ -292,15 +310,42 @@ impl BookStore {
             return Ok(());
         }
         let locked = self.locks.lock_all(published.iter().map(|p| p.id)).await;
-        let db = self.db.clone();
-        let published = published.to_vec();
-        finish_locked(locked, async move { clear_outboxes(&db, &published).await }).await
+        // Books another replica is writing are left for a later clear (their
+        // events are sent again: a duplicate, harmless).
+        let (published, replica) = match &self.replica_locks {
+            Some(locks) => {
+                let ids: Vec<ObjectId> = published.iter().map(|p| p.id).collect();
+                let taken = locks.try_lock_all(&ids).await?;
+                let free: Vec<Published> = published
+                    .iter()
+                    .filter(|p| taken.holds(p.id))
+                    .cloned()
+                    .collect();
+                (free, Some(taken))
+            }
+            None => (published.to_vec(), None),
+        };
+        if published.is_empty() {
+            return Ok(());
+        }
+        let books = self.books.clone();
+        finish_locked(locked, async move {
+            let cleared = clear_outboxes(&books, &published).await;
+            if let Some(replica) = replica {
+                replica.release().await;
+            }
+            cleared
+        })
+        .await
     }
 }
 
 /// Clears what `published` names from each book's outbox; the caller holds
 /// the books' locks.
-async fn clear_outboxes(db: &Database, published: &[Published]) -> mongodb::error::Result<()> {
+async fn clear_outboxes(
+    books: &Collection<Document>,
+    published: &[Published],
+) -> mongodb::error::Result<()> {
     let cleared = published.iter().map(|p| {
         let filter = match p.guard {
             ClearGuard::OutboxUnchanged => doc! { "_id": p.id, "outbox": &p.events },
@@ -311,7 +356,7 @@ async fn clear_outboxes(db: &Database, published: &[Published]) -> mongodb::erro
             doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
         )
     });
-    let matched = update_each(db, cleared).await?;
+    let matched = update_each(books, cleared.collect()).await?;
     if matched < published.len() as u64 {
         // Some outboxes changed meanwhile; pulling what was sent is
         // idempotent, so do it for all of them.
@@ -321,7 +366,7 @@ async fn clear_outboxes(db: &Database, published: &[Published]) -> mongodb::erro
                 doc! { "$pullAll": { "outbox": &p.events } },
             )
         });
-        update_each(db, pulled).await?;
+        update_each(books, pulled.collect()).await?;
         // Those whose outbox is now empty have nothing left pending.
         let emptied = published.iter().map(|p| {
             (
@@ -329,40 +374,31 @@ async fn clear_outboxes(db: &Database, published: &[Published]) -> mongodb::erro
                 doc! { "$unset": { "outboxAt": "" } },
             )
         });
-        update_each(db, emptied).await?;
+        update_each(books, emptied.collect()).await?;
     }
     Ok(())
 }
 
-/// Runs one `update` command with a statement per `(filter, update)`, each
-/// filter naming one `_id`, and returns how many documents matched. One
-/// round trip, like an `update_many` of an `$or`, but each statement is a
-/// lookup by key, where FerretDB scans the whole collection for an `$or`.
+/// Runs each `(filter, update)`, every filter naming one `_id`, a few at a
+/// time, and returns how many documents matched. FerretDB answers an `_id`
+/// filter with a lookup by key, where an `update_many` of an `$or` of them
+/// scans the whole collection. They are separate commands: FerretDB v1 keeps
+/// a database connection per statement of one `update` command until the
+/// command ends, and a hundred statements exhaust its pool for good.
 async fn update_each(
-    db: &Database,
-    statements: impl Iterator<Item = (Document, Document)>,
+    books: &Collection<Document>,
+    statements: Vec<(Document, Document)>,
 ) -> mongodb::error::Result<u64> {
-    let updates: Vec<Document> = statements
-        .map(|(filter, update)| doc! { "q": filter, "u": update })
-        .collect();
-    let reply = db
-        .run_command(doc! { "update": BOOKS, "updates": updates, "ordered": false })
-        .await?;
-    if let Some(error) = reply
-        .get_array("writeErrors")
-        .ok()
-        .and_then(|errors| errors.first())
-    {
-        return Err(mongodb::error::Error::custom(format!(
-            "outbox clear failed: {error}"
-        )));
+    let results: Vec<mongodb::error::Result<UpdateResult>> = futures::stream::iter(statements)
+        .map(|(filter, update)| books.update_one(filter, update).into_future())
+        .buffer_unordered(UPDATE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut matched = 0;
+    for result in results {
+        matched += result?.matched_count;
     }
-    let matched = match reply.get("n") {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        _ => 0,
-    };
-    Ok(u64::try_from(matched).unwrap_or(0))
+    Ok(matched)
 }
 
 fn to_i64(version: u64) -> i64 {

@@ -431,7 +431,7 @@ async fn execute(
 ) -> Result<Outcome, ApiError> {
     let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
     for _ in 0..MAX_ATTEMPTS {
-        let locked = state.store.lock(object_id).await;
+        let locked = state.store.lock(object_id).await?;
         let current = match state.store.find(object_id).await.map_err(store_error)? {
             Some(StoredBook::Live(book)) => book,
             Some(StoredBook::Deleted { .. }) | None => {

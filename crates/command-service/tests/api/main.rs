@@ -9,4 +9,5 @@ mod helpers;
 mod metrics;
 mod openapi;
 mod relay;
+mod replica_locks;
 mod trace;
