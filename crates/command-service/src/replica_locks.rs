@@ -12,7 +12,7 @@
 //! expires after `ttl` should its replica die holding it. MongoDB applies
 //! filter and write atomically and needs none of this.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::{
@@ -107,11 +107,18 @@ impl ReplicaLocks {
 
     /// Takes, in one round trip and without waiting, the locks of those of
     /// `ids` that no other replica holds (the relay clears the others
-    /// later).
+    /// later). A book named twice (published twice in one batch) is locked
+    /// once.
     pub async fn try_lock_all(
         self: &Arc<Self>,
         ids: &[ObjectId],
     ) -> mongodb::error::Result<ReplicaLock> {
+        let ids: Vec<ObjectId> = ids
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let expires = self.expiry();
         let documents = ids
             .iter()

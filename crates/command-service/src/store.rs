@@ -12,7 +12,7 @@
 //! write (even when the request stops waiting), so writers in one process
 //! never lose a compare-and-set to each other.
 
-use std::{future::IntoFuture, sync::Arc};
+use std::{collections::BTreeMap, future::IntoFuture, sync::Arc};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
@@ -81,8 +81,31 @@ pub enum StoreError {
 /// the replicas' lock), held from reading a book to writing its next
 /// version.
 pub struct BookLock {
-    guard: DocumentGuard,
+    guard: Option<DocumentGuard>,
     replica: Option<ReplicaLock>,
+}
+
+impl BookLock {
+    /// Gives both locks to `finish`, the replicas' before this process's.
+    fn into_parts(mut self) -> (Option<DocumentGuard>, Option<ReplicaLock>) {
+        (self.guard.take(), self.replica.take())
+    }
+}
+
+/// A lock dropped without a write (a failed precondition, nothing to
+/// change) gives the replicas' lock back before this process's, in the
+/// background: otherwise this process's relay could find the book still
+/// locked by the replicas and leave its outbox for a second publication.
+impl Drop for BookLock {
+    fn drop(&mut self) {
+        if let Some(replica) = self.replica.take() {
+            let guard = self.guard.take();
+            tokio::spawn(async move {
+                replica.release().await;
+                drop(guard);
+            });
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -148,7 +171,10 @@ impl BookStore {
             Some(locks) => Some(locks.lock(id).await?),
             None => None,
         };
-        Ok(BookLock { guard, replica })
+        Ok(BookLock {
+            guard: Some(guard),
+            replica,
+        })
     }
 
     /// The book with this id as the write model holds it, if any.
@@ -229,7 +255,7 @@ impl BookStore {
             "deleted": { "$ne": true },
         };
         let books = self.books.clone();
-        let BookLock { guard, replica } = locked;
+        let (guard, replica) = locked.into_parts();
         let result = finish_locked(guard, async move {
             let result = books.update_one(filter, update).await;
             if let Some(replica) = replica {
@@ -346,31 +372,43 @@ async fn clear_outboxes(
     books: &Collection<Document>,
     published: &[Published],
 ) -> mongodb::error::Result<()> {
-    let cleared = published.iter().map(|p| {
-        let filter = match p.guard {
-            ClearGuard::OutboxUnchanged => doc! { "_id": p.id, "outbox": &p.events },
-            ClearGuard::Version(version) => doc! { "_id": p.id, "version": version },
+    // One statement per book: FerretDB would let two concurrent updates of
+    // one document undo each other. A book published several times in one
+    // batch has no single outbox state to compare with: its events are
+    // pulled.
+    let mut by_book: BTreeMap<ObjectId, (Option<ClearGuard>, Vec<&str>)> = BTreeMap::new();
+    for p in published {
+        let events = p.events.iter().map(String::as_str);
+        by_book
+            .entry(p.id)
+            .and_modify(|(guard, sent)| {
+                *guard = None;
+                sent.extend(events.clone());
+            })
+            .or_insert_with(|| (Some(p.guard), events.clone().collect()));
+    }
+    let cleared = by_book.iter().filter_map(|(id, (guard, sent))| {
+        let filter = match (*guard)? {
+            ClearGuard::OutboxUnchanged => doc! { "_id": id, "outbox": sent },
+            ClearGuard::Version(version) => doc! { "_id": id, "version": version },
         };
-        (
+        Some((
             filter,
             doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
-        )
+        ))
     });
     let matched = update_each(books, cleared.collect()).await?;
-    if matched < published.len() as u64 {
+    if matched < by_book.len() as u64 {
         // Some outboxes changed meanwhile; pulling what was sent is
         // idempotent, so do it for all of them.
-        let pulled = published.iter().map(|p| {
-            (
-                doc! { "_id": p.id },
-                doc! { "$pullAll": { "outbox": &p.events } },
-            )
-        });
+        let pulled = by_book
+            .iter()
+            .map(|(id, (_, sent))| (doc! { "_id": id }, doc! { "$pullAll": { "outbox": sent } }));
         update_each(books, pulled.collect()).await?;
         // Those whose outbox is now empty have nothing left pending.
-        let emptied = published.iter().map(|p| {
+        let emptied = by_book.keys().map(|id| {
             (
-                doc! { "_id": p.id, "outbox": [] },
+                doc! { "_id": id, "outbox": [] },
                 doc! { "$unset": { "outboxAt": "" } },
             )
         });
