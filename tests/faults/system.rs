@@ -23,11 +23,12 @@ pub(crate) const DEPENDENCY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a server or service may take to start on a loaded machine.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The timings the services run with: short, so that every recovery
-/// (sweep, lease takeover, claim, trim) happens several times per scenario.
-/// The sweep keeps its default interval: on FerretDB each sweep reads the
-/// whole write model, and more often would take the CPU the writes need.
-const SERVICE_TIMINGS: [(&str, &str); 8] = [
+/// The settings the services run with. Timings are short, so that every
+/// recovery (sweep, lease takeover, claim, trim) happens several times per
+/// scenario. The sweep keeps its default interval: on FerretDB each sweep
+/// reads the whole write model, and more often would take the CPU the
+/// writes need.
+const SERVICE_SETTINGS: [(&str, &str); 9] = [
     ("DEPENDENCY_TIMEOUT_MS", "1000"),
     ("SHUTDOWN_TIMEOUT_MS", "2000"),
     ("OUTBOX_SWEEP_INTERVAL_MS", "1000"),
@@ -38,6 +39,9 @@ const SERVICE_TIMINGS: [(&str, &str); 8] = [
     // The walks that matter run at start and when Redis lost the group;
     // a periodic walk on FerretDB reads both models whole.
     ("RECONCILE_INTERVAL_MS", "60000"),
+    // FerretDB v1's updates are not atomic across processes: command
+    // replicas share locks (see the README's MongoDB compatibility).
+    ("CROSS_REPLICA_LOCKS", "on"),
 ];
 
 /// What to start.
@@ -299,7 +303,7 @@ impl System {
             .map(|(k, v)| (k.to_owned(), v)),
         );
         env.extend(
-            SERVICE_TIMINGS
+            SERVICE_SETTINGS
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
