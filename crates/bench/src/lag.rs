@@ -22,10 +22,17 @@ pub(crate) struct Lag {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
+    /// The first failed probe's error, if any.
+    pub(crate) first_error: Option<String>,
 }
 
 impl Lag {
-    fn from(target_rate: f64, achieved_rate: f64, histogram: &Histogram<u64>, errors: u64) -> Self {
+    fn from(
+        target_rate: f64,
+        achieved_rate: f64,
+        histogram: &Histogram<u64>,
+        (errors, first_error): (u64, Option<String>),
+    ) -> Self {
         let ms = |micros: u64| micros as f64 / 1000.0;
         Self {
             target_rate,
@@ -35,6 +42,7 @@ impl Lag {
             p50_ms: ms(histogram.value_at_quantile(0.5)),
             p99_ms: ms(histogram.value_at_quantile(0.99)),
             max_ms: ms(histogram.max()),
+            first_error,
         }
     }
 }
@@ -75,12 +83,12 @@ pub(crate) async fn saturated(system: &System, writers: usize, duration: Duratio
         let system = system.clone();
         workers.spawn(async move {
             let mut histogram = new_histogram();
-            let mut errors = 0;
+            let mut errors = Errors::default();
             let mut n = 0u64;
             while started.elapsed() < duration {
                 match probe(&system, (worker as u64) << 32 | n).await {
                     Ok(micros) => histogram.saturating_record(micros),
-                    Err(_) => errors += 1,
+                    Err(error) => errors.add(error),
                 }
                 n += 1;
             }
@@ -88,24 +96,49 @@ pub(crate) async fn saturated(system: &System, writers: usize, duration: Duratio
         });
     }
     let mut histogram = new_histogram();
-    let mut errors = 0;
+    let mut errors = Errors::default();
     while let Some(done) = workers.join_next().await {
         let (h, e) = done.expect("a lag worker panicked");
         histogram.add(h).expect("same bounds");
-        errors += e;
+        errors.merge(e);
     }
-    let rate = (histogram.len() + errors) as f64 / started.elapsed().as_secs_f64();
-    Lag::from(0.0, rate, &histogram, errors)
+    let rate = (histogram.len() + errors.count) as f64 / started.elapsed().as_secs_f64();
+    Lag::from(0.0, rate, &histogram, errors.into_parts())
+}
+
+/// Failed probes: how many, and the first one's error.
+#[derive(Default)]
+struct Errors {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Errors {
+    fn add(&mut self, error: anyhow::Error) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    fn into_parts(self) -> (u64, Option<String>) {
+        (self.count, self.first)
+    }
 }
 
 async fn collect(target: f64, achieved: f64, mut probes: JoinSet<anyhow::Result<u64>>) -> Lag {
     let mut histogram = new_histogram();
-    let mut errors = 0;
+    let mut errors = Errors::default();
     while let Some(done) = probes.join_next().await {
         match done.expect("a lag probe panicked") {
             Ok(micros) => histogram.saturating_record(micros),
-            Err(_) => errors += 1,
+            Err(error) => errors.add(error),
         }
     }
-    Lag::from(target, achieved, &histogram, errors)
+    Lag::from(target, achieved, &histogram, errors.into_parts())
 }

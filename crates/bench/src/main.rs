@@ -234,6 +234,10 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(5)
     };
     let rate = if options.smoke { 50.0 } else { STEADY_RATE };
+    // The workloads above leave events to apply; the lag is measured from
+    // an empty backlog.
+    eprintln!("[bench] waiting for the query side to apply the events so far");
+    let caught_up_after_secs = caught_up(&system).await;
     eprintln!("[bench] propagation lag at {rate} writes/s for {lag_time:?}");
     let steady = lag::steady(&system, rate, lag_time).await;
     eprintln!("[bench] propagation lag at saturation for {lag_time:?}");
@@ -255,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         scenarios,
         lag: vec![steady, saturated],
+        caught_up_after_secs,
         memory_idle,
         memory_after,
         soak,
@@ -292,4 +297,25 @@ async fn soak(mix: &Operation, duration: Duration) -> Soak {
     });
     closed_loop(mix, 16, duration).await;
     sampler.await.expect("the memory sampler panicked")
+}
+
+/// Creates a marker book and waits, up to ten minutes, until the query side
+/// serves it: everything written before it has then been read (one stream,
+/// read in order) and applied, but for the marker's own batch. Returns how long that took, or `None` if it did
+/// not happen.
+async fn caught_up(system: &System) -> Option<f64> {
+    let started = std::time::Instant::now();
+    let waited = async {
+        let (id, version) = system.create("Backlog marker").await?;
+        system
+            .await_version_within(&id, version, Duration::from_secs(600))
+            .await
+    };
+    match waited.await {
+        Ok(()) => Some(started.elapsed().as_secs_f64()),
+        Err(error) => {
+            eprintln!("[bench] the query side did not catch up: {error:#}");
+            None
+        }
+    }
 }

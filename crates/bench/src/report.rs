@@ -38,6 +38,9 @@ pub(crate) struct Report {
     pub(crate) cores: usize,
     pub(crate) scenarios: Vec<Scenario>,
     pub(crate) lag: Vec<Lag>,
+    /// How long the query side took, after the throughput workloads, to
+    /// apply their events (the lag runs start from an empty backlog).
+    pub(crate) caught_up_after_secs: Option<f64>,
     pub(crate) memory_idle: ServiceMemory,
     pub(crate) memory_after: ServiceMemory,
     pub(crate) soak: Option<Soak>,
@@ -107,6 +110,12 @@ impl Report {
                 "  {target:<16} achieved {:>6.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  ({} samples, {} errors)",
                 lag.achieved_rate, lag.p50_ms, lag.p99_ms, lag.max_ms, lag.samples, lag.errors
             );
+            if let Some(error) = &lag.first_error {
+                println!("    first error: {error}");
+            }
+        }
+        if let Some(seconds) = self.caught_up_after_secs {
+            println!("  (before the lag runs, the query side took {seconds:.1} s to apply the earlier workloads' events)");
         }
         println!("\nresident memory (MiB)");
         for (name, idle, after) in [

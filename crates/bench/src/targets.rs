@@ -83,7 +83,19 @@ impl System {
     /// Waits until the query side serves `id` at `version` or later
     /// (`?minVersion=`, asked again after each 503 not-caught-up).
     pub(crate) async fn await_version(&self, id: &str, version: u64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        self.await_version_within(id, version, std::time::Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits, up to `limit`, until the query side serves `version` of book
+    /// `id`.
+    pub(crate) async fn await_version_within(
+        &self,
+        id: &str,
+        version: u64,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
         loop {
             let response = self
                 .http
@@ -99,6 +111,7 @@ impl System {
                     return Ok(());
                 }
                 503 if Instant::now() < deadline => continue,
+                503 => bail!("the query side did not serve version {version} within {limit:?}"),
                 status => bail!("GET /books/{id}?minVersion={version} answered {status}"),
             }
         }
