@@ -16,9 +16,10 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::{
-    error::{ErrorKind, InsertManyError, WriteFailure},
+    error::{ErrorKind, InsertManyError},
     Collection, Database,
 };
+use platform::mongo::{is_duplicate_key, DUPLICATE_KEY};
 use tokio::sync::oneshot;
 
 const COLLECTION: &str = "bookLocks";
@@ -227,14 +228,5 @@ impl Drop for ReplicaLock {
                 tokio::spawn(async move { locks.release(&ids).await });
             }
         }
-    }
-}
-
-const DUPLICATE_KEY: i32 = 11000;
-
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        _ => false,
     }
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod lease;
 pub mod locks;
 pub mod metrics;
+pub mod mongo;
 pub mod openapi;
 pub mod problem;
 pub mod server;

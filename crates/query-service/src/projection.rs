@@ -21,7 +21,8 @@ use std::sync::Arc;
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use domain::{Book, BookEvent, BookId, EventType};
 use futures::TryStreamExt;
-use mongodb::{error::ErrorKind, Collection, Database, IndexModel};
+use mongodb::{Collection, Database, IndexModel};
+use platform::mongo::is_duplicate_key;
 use platform::{
     document::{BookDocument, StoredBook},
     locks::{finish_locked, DocumentLocks},
@@ -32,8 +33,6 @@ use crate::{
     generation::ActiveGeneration,
     listing::{After, BookFilter, Sort},
 };
-
-const DUPLICATE_KEY: i32 = 11000;
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,13 +318,5 @@ impl ReadModel {
             .into_iter()
             .map(BookDocument::into_book)
             .collect::<Result<_, _>>()?)
-    }
-}
-
-pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    match &*error.kind {
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
     }
 }

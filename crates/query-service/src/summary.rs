@@ -17,12 +17,10 @@
 use bson::doc;
 use futures::TryStreamExt;
 use mongodb::Database;
+use platform::mongo::is_duplicate_key;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    generation::{ActiveGeneration, Collections},
-    projection::is_duplicate_key,
-};
+use crate::generation::{ActiveGeneration, Collections};
 
 /// Writes of one summary before giving up on a burst of concurrent changes.
 const MAX_ROUNDS: usize = 5;
