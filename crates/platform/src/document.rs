@@ -6,6 +6,11 @@ use bson::{oid::ObjectId, DateTime};
 use domain::{Author, Book, BookId, BookState, PublishedYear, Title};
 use serde::Deserialize;
 
+/// The document id of the book with this id.
+pub fn object_id(id: &BookId) -> ObjectId {
+    ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId")
+}
+
 /// The fields of a stored book document that make up a `Book`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

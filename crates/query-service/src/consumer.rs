@@ -30,14 +30,15 @@
 //! starts while MongoDB is down, and consuming does not wait for it.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::Arc,
     time::Duration,
 };
 
+use bson::oid::ObjectId;
 use domain::BookEvent;
 use futures::{stream, StreamExt};
-use platform::health::WorkerStatus;
+use platform::{document::object_id, health::WorkerStatus};
 use redis::{aio::MultiplexedConnection, streams::StreamReadReply, AsyncConnectionConfig, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -408,28 +409,31 @@ impl Consumer {
             .buffered(APPLY_CONCURRENCY)
             .collect()
             .await;
-        // Each author summary the batch touched is recomputed once, however
-        // many of its events name it; an event is done only once all of its
+        // Each author summary the batch touched is updated once, for all of
+        // its books the batch named; an event is done only once all of its
         // authors' summaries are.
-        let keys: HashSet<String> = applied
-            .iter()
-            .filter(|(_, _, outcome, _)| matches!(outcome, Outcome::Done))
-            .flat_map(|(_, _, _, keys)| keys.iter().cloned())
-            .collect();
-        let recomputed: Vec<(String, Result<(), SummaryFailed>)> = stream::iter(keys)
-            .map(|key| async move {
-                let outcome = self.recompute(&key).await;
+        let mut touched: HashMap<String, BTreeSet<ObjectId>> = HashMap::new();
+        for (_, _, outcome, summaries) in &applied {
+            if matches!(outcome, Outcome::Done) {
+                for (key, book) in summaries {
+                    touched.entry(key.clone()).or_default().insert(*book);
+                }
+            }
+        }
+        let updated: Vec<(String, Result<(), SummaryFailed>)> = stream::iter(touched)
+            .map(|(key, books)| async move {
+                let outcome = self.update_summary(&key, &books).await;
                 (key, outcome)
             })
             .buffer_unordered(APPLY_CONCURRENCY)
             .collect()
             .await;
-        let failed: HashMap<String, SummaryFailed> = recomputed
+        let failed: HashMap<String, SummaryFailed> = updated
             .into_iter()
             .filter_map(|(key, outcome)| outcome.err().map(|error| (key, error)))
             .collect();
-        let outcomes = applied.into_iter().map(|(id, fields, outcome, keys)| {
-            let outcome = match keys.iter().find_map(|key| failed.get(key)) {
+        let outcomes = applied.into_iter().map(|(id, fields, outcome, summaries)| {
+            let outcome = match summaries.iter().find_map(|(key, _)| failed.get(key)) {
                 Some(error) if matches!(outcome, Outcome::Done) => {
                     Outcome::Retry(anyhow::Error::new(error.clone()))
                 }
@@ -530,7 +534,11 @@ impl Consumer {
     /// written is one `info` line, as each command is on the command side;
     /// a stale one (a duplicate, a redelivery) is only a `debug` line, since
     /// a replay makes many.
-    async fn apply(&self, id: &str, fields: &HashMap<String, Value>) -> (Outcome, Vec<String>) {
+    async fn apply(
+        &self,
+        id: &str,
+        fields: &HashMap<String, Value>,
+    ) -> (Outcome, Vec<(String, ObjectId)>) {
         let unreadable = |reason: String| {
             (
                 Outcome::DeadLetter(DeadLetterReason::Unreadable, reason),
@@ -564,23 +572,36 @@ impl Consumer {
             .await;
         let _in_span = span.enter();
         match applied {
-            Ok((Applied::Written, author_keys)) => {
-                metrics::event_applied(event_type);
-                tracing::info!("event applied");
-                (Outcome::Done, author_keys)
-            }
-            Ok((Applied::Stale, author_keys)) => {
-                metrics::event_stale(event_type);
-                tracing::debug!("event skipped: the read model holds this version or a newer one");
-                (Outcome::Done, author_keys)
+            Ok((applied, author_keys)) => {
+                if applied == Applied::Written {
+                    metrics::event_applied(event_type);
+                    tracing::info!("event applied");
+                } else {
+                    metrics::event_stale(event_type);
+                    tracing::debug!(
+                        "event skipped: the read model holds this version or a newer one"
+                    );
+                }
+                let book = object_id(&event.book_id);
+                (
+                    Outcome::Done,
+                    author_keys.into_iter().map(|key| (key, book)).collect(),
+                )
             }
             Err(error) => (Outcome::Retry(error), Vec::new()),
         }
     }
 
-    /// Recomputes one author summary, bounded like an apply.
-    async fn recompute(&self, key: &str) -> Result<(), SummaryFailed> {
-        let outcome = self.bounded(self.projector.summaries.recompute(key)).await;
+    /// Updates the entries of `books` in one author summary, bounded like
+    /// an apply.
+    async fn update_summary(
+        &self,
+        key: &str,
+        books: &BTreeSet<ObjectId>,
+    ) -> Result<(), SummaryFailed> {
+        let outcome = self
+            .bounded(self.projector.summaries.update(key, books))
+            .await;
         outcome.map_err(|error| SummaryFailed {
             key: key.to_owned(),
             transient: is_transient(&error),
@@ -604,8 +625,13 @@ impl Consumer {
 }
 
 /// An entry after its book was applied: id, fields, outcome, and the
-/// author keys whose summaries it waits for.
-type AppliedEntry = (String, HashMap<String, Value>, Outcome, Vec<String>);
+/// author summaries it waits for (each key with the entry's book).
+type AppliedEntry = (
+    String,
+    HashMap<String, Value>,
+    Outcome,
+    Vec<(String, ObjectId)>,
+);
 
 /// An author summary that could not be recomputed, shared by every event
 /// of the batch that needed it.

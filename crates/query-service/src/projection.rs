@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use mongodb::{Collection, Database, IndexModel};
 use platform::mongo::is_duplicate_key;
 use platform::{
-    document::{BookDocument, StoredBook},
+    document::{object_id, BookDocument, StoredBook},
     locks::{finish_locked, DocumentLocks},
 };
 use serde::Deserialize;
@@ -152,7 +152,7 @@ impl ReadModel {
     /// Applies `event` if it is newer than what the read model holds.
     #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
     pub async fn apply(&self, event: &BookEvent) -> mongodb::error::Result<Applied> {
-        let id = ObjectId::parse_str(event.book_id.as_str()).expect("a BookId is an ObjectId");
+        let id = object_id(&event.book_id);
         let version = i64::try_from(event.version).unwrap_or(i64::MAX);
         let update = match (&event.event_type, &event.book) {
             // `authorKeys` stays: the summaries that counted the book must

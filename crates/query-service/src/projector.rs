@@ -5,7 +5,10 @@
 //! leaves it pending, and its redelivery (stale by then) redoes the last
 //! two from the read model.
 
+use std::collections::BTreeSet;
+
 use domain::BookEvent;
+use platform::document::object_id;
 
 use crate::{
     cache::{BookCache, Cached},
@@ -25,14 +28,15 @@ impl Projector {
     /// summaries of the authors it had.
     pub async fn apply(&self, event: &BookEvent) -> anyhow::Result<Applied> {
         let (applied, author_keys) = self.apply_book(event).await?;
+        let book = BTreeSet::from([object_id(&event.book_id)]);
         for key in &author_keys {
-            self.summaries.recompute(key).await?;
+            self.summaries.update(key, &book).await?;
         }
         Ok(applied)
     }
 
     /// The book's part of `event`: the read model, then the cache. Returns
-    /// the author keys whose summaries must then be recomputed, which a
+    /// the author keys whose summaries must then be updated, which a
     /// consumer does once per batch for all its events.
     #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
     pub async fn apply_book(&self, event: &BookEvent) -> anyhow::Result<(Applied, Vec<String>)> {
@@ -58,7 +62,7 @@ impl Projector {
     pub async fn prepare(&self) -> anyhow::Result<()> {
         self.read_model.ensure_indexes().await?;
         for key in self.read_model.backfill_author_keys().await? {
-            self.summaries.recompute(&key).await?;
+            self.summaries.rebuild(&key).await?;
         }
         Ok(())
     }

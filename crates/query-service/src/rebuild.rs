@@ -81,7 +81,7 @@ impl Rebuild {
         }
         let keys = read_model.author_keys().await?;
         for key in &keys {
-            summaries.recompute(key).await?;
+            summaries.rebuild(key).await?;
         }
         tracing::info!(authors = keys.len(), "author summaries computed");
 

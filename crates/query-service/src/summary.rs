@@ -1,26 +1,45 @@
 //! The author summaries: one document per author key in the `authors`
-//! collection, always rebuilt from the live books of that author, never
-//! incremented, so duplicates, reordering and redelivery cannot skew it.
+//! collection. Besides the figures it serves, each holds one entry per live
+//! book of the author (`books`: title, author, year, creation time, keyed by
+//! the book's id) and a revision token (`rev`, new at every write).
 //!
-//! Why it converges with several replicas: every writer of a summary reads
-//! the books again after its write and writes again until what it wrote
-//! equals what the books say (up to `MAX_ROUNDS`, then the event is retried
-//! later). Take the last summary write of a key, by replica R. Any book
-//! change for that key made after R's final read would make its own replica
-//! write the summary afterwards, so it would not be the last write. Hence
-//! no book of the key changed after R's final read, and R saw that read
-//! agree with what it wrote: the summary left in place is the one the
-//! final books give. A crash between a book write and its summary write
-//! leaves the event unacknowledged; its redelivery finds the book stale and
-//! recomputes all the same.
+//! An event changes the summaries of the keys its book ever had by
+//! replacing that book's entry with what the read model holds now (or
+//! removing it), then recomputing the figures from the entries. Every read
+//! is an `_id` lookup, so a change costs the same however many books the
+//! author or the catalogue has; only a rebuild (a new generation, a summary
+//! written before entries were kept) reads the author's books by key.
+//!
+//! Never an increment: an entry is the book's current state, so duplicates,
+//! reordering and redelivery cannot skew a summary. Why it converges with
+//! several replicas: a writer reads the summary, then the books, then
+//! replaces the summary only if its `rev` is still the one read, and reads
+//! again until the entries agree with the books (up to `MAX_ROUNDS`, then
+//! the event is retried later). Take book B's last change, written to the
+//! read model at time t, and the replica R that applied it. R's successful
+//! write read the summary after t, since it read it after its own book
+//! write, and B's entry from a read after that: the final state. A later
+//! successful write by anyone read the summary after R's write (the `rev`
+//! changed), hence read B, if it touched B, after t as well. So every entry
+//! ends as its book's final state. A crash between a book write and its
+//! summary write leaves the event unacknowledged; its redelivery finds the
+//! book stale and updates the summaries all the same.
+//!
+//! The `rev` check is atomic on MongoDB. FerretDB v1 reads and writes an
+//! update's document in separate steps, so writers in one process also take
+//! a lock per author key; two replicas on FerretDB writing one author's
+//! summary at the same instant can still lose one entry until that author's
+//! next change.
 
-use bson::doc;
+use std::{collections::BTreeSet, future::IntoFuture, sync::Arc};
+
+use bson::{doc, oid::ObjectId, DateTime, Document};
 use futures::TryStreamExt;
-use mongodb::Database;
-use platform::mongo::is_duplicate_key;
+use mongodb::{Collection, Database};
+use platform::{locks::DocumentLocks, mongo::is_duplicate_key};
 use serde::{Deserialize, Serialize};
 
-use crate::generation::{ActiveGeneration, Collections};
+use crate::generation::ActiveGeneration;
 
 /// Writes of one summary before giving up on a burst of concurrent changes.
 const MAX_ROUNDS: usize = 5;
@@ -46,7 +65,7 @@ pub struct AuthorSummary {
     pub titles: Vec<String>,
 }
 
-/// A summary as stored; `_id` is the author key.
+/// A summary as served; `_id` is the author key.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SummaryRecord {
@@ -57,14 +76,28 @@ struct SummaryRecord {
     titles: Vec<String>,
 }
 
-/// The fields of a live book a summary needs.
+/// What a writer reads of a stored summary.
 #[derive(Debug, Deserialize)]
+struct Revision {
+    /// Absent on a summary written before entries were kept.
+    rev: Option<ObjectId>,
+    books: Option<Vec<Entry>>,
+}
+
+/// One live book of the author, as the summary counts it. Also the shape a
+/// book is read in from the read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct BookFields {
+struct Entry {
+    #[serde(rename = "_id")]
+    id: ObjectId,
     title: String,
     author: String,
     published_year: i32,
+    created_at: DateTime,
 }
+
+const ENTRY_FIELDS: [&str; 5] = ["_id", "title", "author", "publishedYear", "createdAt"];
 
 /// A summary that kept changing under concurrent writers; the event that
 /// asked for it is retried later.
@@ -72,9 +105,18 @@ struct BookFields {
 #[error("the summary of author {0:?} kept changing under concurrent writers")]
 pub struct Contended(pub String);
 
+/// Which entries a write of a summary brings up to date.
+enum Scope<'a> {
+    /// These books' (the others are kept as stored).
+    Books(&'a BTreeSet<ObjectId>),
+    /// All: the author's books are read by key.
+    All,
+}
+
 #[derive(Clone)]
 pub struct AuthorSummaries {
     generation: ActiveGeneration,
+    locks: Arc<DocumentLocks>,
 }
 
 impl AuthorSummaries {
@@ -85,7 +127,10 @@ impl AuthorSummaries {
 
     /// The summaries of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
-        Self { generation }
+        Self {
+            generation,
+            locks: Arc::default(),
+        }
     }
 
     /// The stored summary of the author with this key.
@@ -97,6 +142,7 @@ impl AuthorSummaries {
             .authors
             .clone_with_type::<SummaryRecord>()
             .find_one(doc! { "_id": key })
+            .projection(doc! { "books": 0, "rev": 0 })
             .await?
         else {
             return Ok(None);
@@ -110,95 +156,151 @@ impl AuthorSummaries {
         }))
     }
 
-    /// Rebuilds the summary of `key` from the books until it holds what
-    /// the books say (see the module docs for why this converges).
+    /// Brings the entries of `books` in the summary of `key` up to what the
+    /// read model holds (see the module docs for why this converges).
+    #[tracing::instrument(skip(self, books), fields(books = books.len()))]
+    pub async fn update(&self, key: &str, books: &BTreeSet<ObjectId>) -> anyhow::Result<()> {
+        self.converge(key, Scope::Books(books)).await
+    }
+
+    /// Rebuilds the summary of `key` from all of the author's books.
     #[tracing::instrument(skip(self))]
-    pub async fn recompute(&self, key: &str) -> anyhow::Result<()> {
+    pub async fn rebuild(&self, key: &str) -> anyhow::Result<()> {
+        self.converge(key, Scope::All).await
+    }
+
+    async fn converge(&self, key: &str, scope: Scope<'_>) -> anyhow::Result<()> {
+        let _locked = self.locks.lock(&key).await;
         // One generation throughout, even if a switch happens meanwhile.
         let collections = self.generation.collections();
-        let mut summary = compute(&collections, key).await?;
         for _ in 0..MAX_ROUNDS {
-            let written = write(&collections, key, summary.as_ref()).await?;
-            let now = compute(&collections, key).await?;
-            if written && now == summary {
+            // The summary first, then the books: see the module docs.
+            let (rev, kept) = match collections
+                .authors
+                .clone_with_type::<Revision>()
+                .find_one(doc! { "_id": key })
+                .projection(doc! { "rev": 1, "books": 1 })
+                .await?
+            {
+                Some(stored) => (stored.rev, stored.books),
+                None => (None, Some(Vec::new())),
+            };
+            let entries = match (&kept, &scope) {
+                (Some(kept), Scope::Books(books)) => {
+                    let mut entries = read_entries(&collections.books, key, books).await?;
+                    entries.extend(kept.iter().filter(|e| !books.contains(&e.id)).cloned());
+                    in_creation_order(entries)
+                }
+                // A summary written before entries were kept is rebuilt.
+                (None, _) | (_, Scope::All) => read_all_entries(&collections.books, key).await?,
+            };
+            if kept.as_ref() == Some(&entries) {
                 return Ok(());
             }
-            tracing::debug!(key, "author summary changed while written; writing again");
-            summary = now;
+            if !write(&collections.authors, key, rev, &entries).await? {
+                tracing::debug!(key, "author summary changed while written; reading again");
+            }
         }
         Err(Contended(key.to_owned()).into())
     }
 }
 
-/// The summary the live books of `key` give; `None` when there is none.
-async fn compute(
-    collections: &Collections,
+/// The entries of those of `books` that are live under `key`.
+async fn read_entries(
+    books: &Collection<Document>,
     key: &str,
-) -> mongodb::error::Result<Option<AuthorSummary>> {
-    // Creation order, so the first book gives the author's spelling;
-    // served by the `{authorKey, createdAt, _id}` index.
-    let books: Vec<BookFields> = collections
-        .books
-        .clone_with_type::<BookFields>()
+    ids: &BTreeSet<ObjectId>,
+) -> mongodb::error::Result<Vec<Entry>> {
+    let books = books.clone_with_type::<Entry>();
+    let found = futures::future::try_join_all(ids.iter().map(|id| {
+        books
+            .find_one(doc! { "_id": id, "authorKey": key, "deleted": false })
+            .projection(entry_projection())
+            .into_future()
+    }))
+    .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// The entries of every live book under `key`, in creation order.
+async fn read_all_entries(
+    books: &Collection<Document>,
+    key: &str,
+) -> mongodb::error::Result<Vec<Entry>> {
+    // Served by the `{authorKey, createdAt, _id}` index.
+    books
+        .clone_with_type::<Entry>()
         .find(doc! { "authorKey": key, "deleted": false })
         .sort(doc! { "createdAt": 1, "_id": 1 })
-        .projection(doc! { "_id": 0, "title": 1, "author": 1, "publishedYear": 1 })
+        .projection(entry_projection())
         .await?
         .try_collect()
-        .await?;
-    Ok(summarize(books))
+        .await
 }
 
-/// Stores `summary` (removes it for `None`); `false` when a concurrent
-/// upsert of the same key won the insert, so nothing was written.
+fn entry_projection() -> Document {
+    ENTRY_FIELDS
+        .iter()
+        .map(|field| ((*field).to_owned(), 1.into()))
+        .collect()
+}
+
+/// Creation order, so the first entry gives the author's spelling.
+fn in_creation_order(mut entries: Vec<Entry>) -> Vec<Entry> {
+    entries.sort_unstable_by_key(|e| (e.created_at, e.id));
+    entries
+}
+
+/// Replaces the summary of `key` with the one `entries` give (removes it
+/// when there are none) if it is still at `rev` (`None`: absent, or written
+/// before revisions were kept). Returns whether it was.
 async fn write(
-    collections: &Collections,
+    authors: &Collection<Document>,
     key: &str,
-    summary: Option<&AuthorSummary>,
+    rev: Option<ObjectId>,
+    entries: &[Entry],
 ) -> anyhow::Result<bool> {
-    match summary {
-        None => {
-            collections.authors.delete_one(doc! { "_id": key }).await?;
-        }
-        Some(summary) => {
-            let document = doc! {
-                "_id": key,
-                "author": summary.author.as_str(),
-                "bookCount": i64::try_from(summary.book_count)?,
-                "firstPublishedYear": summary.first_published_year,
-                "lastPublishedYear": summary.last_published_year,
-                "titles": &summary.titles,
-            };
-            let replaced = collections
-                .authors
-                .replace_one(doc! { "_id": key }, document)
-                .upsert(true)
-                .await;
-            match replaced {
-                Ok(_) => {}
-                Err(error) if is_duplicate_key(&error) => return Ok(false),
-                Err(error) => return Err(error.into()),
-            }
-        }
+    let filter = match rev {
+        Some(rev) => doc! { "_id": key, "rev": rev },
+        None => doc! { "_id": key, "rev": { "$exists": false } },
+    };
+    let Some(summary) = summarize(entries) else {
+        return Ok(authors.delete_one(filter).await?.deleted_count == 1);
+    };
+    let document = doc! {
+        "_id": key,
+        "author": summary.author.as_str(),
+        "bookCount": i64::try_from(summary.book_count)?,
+        "firstPublishedYear": summary.first_published_year,
+        "lastPublishedYear": summary.last_published_year,
+        "titles": &summary.titles,
+        "books": bson::to_bson(entries)?,
+        "rev": ObjectId::new(),
+    };
+    // Absent or without a revision: inserted, unless a concurrent writer
+    // inserted it first (a duplicate key).
+    match authors
+        .replace_one(filter, document)
+        .upsert(rev.is_none())
+        .await
+    {
+        Ok(result) => Ok(result.matched_count == 1 || result.upserted_id.is_some()),
+        Err(error) if is_duplicate_key(&error) => Ok(false),
+        Err(error) => Err(error.into()),
     }
-    Ok(true)
 }
 
-/// The summary of these books, given in creation order.
-fn summarize(books: Vec<BookFields>) -> Option<AuthorSummary> {
-    let first = books.first()?;
-    let author = first.author.clone();
-    let years = books.iter().map(|b| b.published_year);
-    let first_published_year = years.clone().min()?;
-    let last_published_year = years.max()?;
-    let book_count = books.len() as u64;
-    let mut titles: Vec<String> = books.into_iter().map(|b| b.title).collect();
+/// The summary of these entries, given in creation order.
+fn summarize(entries: &[Entry]) -> Option<AuthorSummary> {
+    let first = entries.first()?;
+    let years = entries.iter().map(|e| e.published_year);
+    let mut titles: Vec<String> = entries.iter().map(|e| e.title.clone()).collect();
     titles.sort_unstable();
     Some(AuthorSummary {
-        author,
-        book_count,
-        first_published_year,
-        last_published_year,
+        author: first.author.clone(),
+        book_count: entries.len() as u64,
+        first_published_year: years.clone().min()?,
+        last_published_year: years.max()?,
         titles,
     })
 }
@@ -207,29 +309,30 @@ fn summarize(books: Vec<BookFields>) -> Option<AuthorSummary> {
 mod tests {
     use super::*;
 
-    fn book(title: &str, author: &str, year: i32) -> BookFields {
-        BookFields {
+    fn entry(title: &str, author: &str, year: i32, created_millis: i64) -> Entry {
+        Entry {
+            id: ObjectId::new(),
             title: title.to_owned(),
             author: author.to_owned(),
             published_year: year,
+            created_at: DateTime::from_millis(created_millis),
         }
     }
 
     #[test]
     fn no_books_make_no_summary() {
-        assert_eq!(summarize(Vec::new()), None);
+        assert_eq!(summarize(&[]), None);
     }
 
     #[test]
     fn the_summary_takes_the_first_spelling_the_year_range_and_every_title() {
-        let summary = summarize(vec![
-            book("The Word for World Is Forest", "Ursula K. Le Guin", 1972),
-            book("Lathe of Heaven", "URSULA K. LE GUIN", 1971),
-            book("Lathe of Heaven", "ursula k. le guin", 1976),
-        ])
-        .unwrap();
+        let entries = in_creation_order(vec![
+            entry("Lathe of Heaven", "URSULA K. LE GUIN", 1971, 2),
+            entry("The Word for World Is Forest", "Ursula K. Le Guin", 1972, 1),
+            entry("Lathe of Heaven", "ursula k. le guin", 1976, 3),
+        ]);
         assert_eq!(
-            summary,
+            summarize(&entries).unwrap(),
             AuthorSummary {
                 author: "Ursula K. Le Guin".into(),
                 book_count: 3,
@@ -242,5 +345,13 @@ mod tests {
                 ],
             }
         );
+    }
+
+    #[test]
+    fn books_created_at_the_same_instant_are_ordered_by_id() {
+        let (a, b) = (entry("A", "X", 2000, 5), entry("B", "Y", 2000, 5));
+        let (first, second) = if a.id < b.id { (a, b) } else { (b, a) };
+        let ordered = in_creation_order(vec![second.clone(), first.clone()]);
+        assert_eq!(ordered, vec![first, second]);
     }
 }

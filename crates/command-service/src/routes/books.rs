@@ -23,7 +23,7 @@ use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Book, BookDraft, BookEvent, BookId, BookPatch, PatchField};
 use platform::{
-    document::StoredBook,
+    document::{object_id, StoredBook},
     http::{etag, JsonBody, PathParam},
     problem::{parse_book_id, ProblemKind},
     trace::TraceContext,
@@ -429,7 +429,7 @@ async fn execute(
     traceparent: &str,
     command: Command,
 ) -> Result<Outcome, ApiError> {
-    let object_id = ObjectId::parse_str(id.as_str()).expect("a BookId is an ObjectId");
+    let object_id = object_id(id);
     for _ in 0..MAX_ATTEMPTS {
         let locked = state.store.lock(object_id).await?;
         let current = match state.store.find(object_id).await.map_err(store_error)? {

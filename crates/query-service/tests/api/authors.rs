@@ -347,7 +347,7 @@ async fn two_replicas_sharing_a_group_leave_the_summaries_the_final_books_give()
 }
 
 #[tokio::test]
-async fn concurrent_recomputes_of_one_author_leave_the_summary_the_books_give() {
+async fn concurrent_updates_of_one_author_leave_the_summary_the_books_give() {
     let settings = test_settings().await;
     let _cleanup = cleanup_for(&settings);
     let db = test_support::mongo_database(&settings.database).await;
@@ -373,7 +373,11 @@ async fn concurrent_recomputes_of_one_author_leave_the_summary_the_books_give() 
                     .apply(&BookEvent::created(book, None))
                     .await
                     .unwrap();
-                summaries.recompute("racer").await.unwrap();
+                let id = bson::oid::ObjectId::parse_str(book.id.as_str()).unwrap();
+                summaries
+                    .update("racer", &std::collections::BTreeSet::from([id]))
+                    .await
+                    .unwrap();
             }
         }))
         .await;
@@ -443,4 +447,36 @@ async fn books_of_an_older_read_model_get_their_author_and_summary_at_start() {
         app.list_titles(&[("author", "JANE AUSTEN")]).await,
         ["Persuasion"]
     );
+}
+
+#[tokio::test]
+async fn a_summary_stored_before_entries_were_kept_is_rebuilt_from_the_books() {
+    let app = spawn_app().await;
+    let books = books_in_creation_order(&[
+        ("Emma", "Jane Austen", 1815),
+        ("Persuasion", "Jane Austen", 1817),
+    ]);
+    // The first book is in the read model, with a summary as an older
+    // release stored it: figures only, no entries and no revision.
+    query_service::projection::ReadModel::new(&app.db)
+        .apply(&BookEvent::created(&books[0], None))
+        .await
+        .unwrap();
+    app.db
+        .collection::<bson::Document>("authors")
+        .insert_one(bson::doc! {
+            "_id": "jane austen", "author": "Jane Austen", "bookCount": 1_i64,
+            "firstPublishedYear": 1815, "lastPublishedYear": 1815, "titles": ["Emma"],
+        })
+        .await
+        .unwrap();
+
+    // The second book's event updates that summary: both books count.
+    app.publish(&BookEvent::created(&books[1], None)).await;
+    app.wait_until_consumed().await;
+
+    let summary = summary(&app, "Jane Austen").await;
+    assert_eq!(summary["bookCount"], 2);
+    assert_eq!(summary["titles"], json!(["Emma", "Persuasion"]));
+    assert_eq!(summary["lastPublishedYear"], 1817);
 }

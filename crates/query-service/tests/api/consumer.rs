@@ -273,8 +273,8 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_the_configured_deliv
     let mut settings = test_settings().await;
     settings.max_deliveries = 3;
     let app = spawn_cleaned_app_with(settings).await;
-    // A book of the same author that cannot be read: the author's summary
-    // cannot be computed, so applying the event fails at every delivery.
+    // The author's summary cannot be read, so applying the event fails at
+    // every delivery.
     let book = new_book("Doomed");
     app.break_summary_of(&book).await;
     let source = app.publish(&BookEvent::created(&book, None)).await;
@@ -334,7 +334,7 @@ async fn a_dead_letter_is_listed_and_applied_when_redriven_after_its_cause_is_fi
 
     // The cause fixed, the re-driven event goes through, once.
     app.db
-        .collection::<bson::Document>("books")
+        .collection::<bson::Document>("authors")
         .delete_one(bson::doc! { "_id": broken })
         .await
         .unwrap();

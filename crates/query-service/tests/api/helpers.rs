@@ -227,23 +227,17 @@ impl TestApp {
         .await;
     }
 
-    /// Stores an unreadable read-model book by `book`'s author, so that the
-    /// author's summary cannot be computed and every event of `book` fails
-    /// to apply; returns its id, to remove it.
-    pub(crate) async fn break_summary_of(&self, book: &Book) -> bson::oid::ObjectId {
-        let id = bson::oid::ObjectId::new();
+    /// Stores an unreadable summary of `book`'s author, so that every event
+    /// of `book` fails to apply; returns its `_id` (the author key), to
+    /// remove it.
+    pub(crate) async fn break_summary_of(&self, book: &Book) -> String {
+        let key = book.state.author.key();
         self.db
-            .collection::<bson::Document>("books")
-            .insert_one(bson::doc! {
-                "_id": id,
-                "authorKey": book.state.author.key(),
-                "deleted": false,
-                "version": 1_i64,
-                "title": 42,
-            })
+            .collection::<bson::Document>("authors")
+            .insert_one(bson::doc! { "_id": &key, "rev": "not a revision", "books": 42 })
             .await
             .expect("insert");
-        id
+        key
     }
 
     /// Entries delivered to the group but not acknowledged.
