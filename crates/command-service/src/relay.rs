@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{self, Via},
-    store::{BookStore, ClearGuard, PendingBook, Published},
+    store::{BookStore, PendingBook, Published},
 };
 
 /// Most events handled in one pipeline.
@@ -188,7 +188,6 @@ impl Relay {
             .into_iter()
             .map(|o| Published {
                 id: o.book_id,
-                guard: ClearGuard::OutboxUnchanged,
                 events: vec![o.json],
             })
             .collect();
@@ -256,7 +255,6 @@ impl PendingBook {
     fn into_published(self) -> Published {
         Published {
             id: self.id,
-            guard: ClearGuard::Version(self.version),
             events: self.events,
         }
     }

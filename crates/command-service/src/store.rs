@@ -14,13 +14,14 @@
 
 use std::{collections::BTreeMap, future::IntoFuture, sync::Arc};
 
-use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use bson::{doc, oid::ObjectId, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use mongodb::{options::IndexOptions, results::UpdateResult, Collection, Database, IndexModel};
+use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
 use platform::{
     document::{BookDocument, CorruptBook, StoredBook},
     locks::{finish_locked, DocumentGuard, DocumentLocks},
+    mongo::GuardedWrites,
 };
 
 use domain::Book;
@@ -30,33 +31,21 @@ use crate::replica_locks::{ReplicaLock, ReplicaLocks};
 const BOOKS: &str = "books";
 /// How many outbox clears run at once.
 const UPDATE_CONCURRENCY: usize = 8;
+/// Reads and writes of one outbox before leaving it to the sweep.
+const CLEAR_ATTEMPTS: usize = 3;
 
 /// Events published but not yet cleared from their book's outbox.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub id: ObjectId,
-    /// Which outbox state may be cleared wholesale.
-    pub guard: ClearGuard,
     /// The exact JSON of each published event.
     pub events: Vec<String>,
-}
-
-/// When a whole outbox may be emptied at once; otherwise only the published
-/// events are pulled from it, so events added meanwhile stay pending.
-#[derive(Debug, Clone, Copy)]
-pub enum ClearGuard {
-    /// The outbox still holds exactly the published events.
-    OutboxUnchanged,
-    /// The book is still at this version: the whole outbox was read and
-    /// published at this version.
-    Version(i64),
 }
 
 /// A book with events still waiting for the relay.
 #[derive(Debug, Clone)]
 pub struct PendingBook {
     pub id: ObjectId,
-    pub version: i64,
     pub events: Vec<String>,
 }
 
@@ -113,16 +102,27 @@ pub struct BookStore {
     books: Collection<Document>,
     locks: Arc<DocumentLocks>,
     replica_locks: Option<Arc<ReplicaLocks>>,
+    writes: GuardedWrites,
 }
 
 impl BookStore {
     /// A store whose writes also take the replicas' locks when
     /// `replica_locks` is given.
     pub fn new(db: &Database, replica_locks: Option<ReplicaLocks>) -> Self {
+        Self::with_writes(db, replica_locks, GuardedWrites::detect(db))
+    }
+
+    /// A store whose guarded writes are filtered as `writes` says.
+    pub fn with_writes(
+        db: &Database,
+        replica_locks: Option<ReplicaLocks>,
+        writes: GuardedWrites,
+    ) -> Self {
         Self {
             books: db.collection(BOOKS),
             locks: Arc::default(),
             replica_locks: replica_locks.map(Arc::new),
+            writes,
         }
     }
 
@@ -249,11 +249,9 @@ impl BookStore {
         expected: u64,
         update: Document,
     ) -> mongodb::error::Result<bool> {
-        let filter = doc! {
-            "_id": id,
-            "version": to_i64(expected),
-            "deleted": { "$ne": true },
-        };
+        // The caller read the book live at `expected` under the lock.
+        let condition = doc! { "version": to_i64(expected), "deleted": { "$ne": true } };
+        let filter = self.writes.filter(id, condition).await?;
         let books = self.books.clone();
         let (guard, replica) = locked.into_parts();
         let result = finish_locked(guard, async move {
@@ -279,30 +277,15 @@ impl BookStore {
             .find(doc! { "outboxAt": { "$lte": DateTime::from_chrono(cutoff) } })
             .sort(doc! { "outboxAt": 1 })
             .limit(limit)
-            .projection(doc! { "version": 1, "outbox": 1 })
+            .projection(doc! { "outbox": 1 })
             .await?;
         let documents: Vec<Document> = cursor.try_collect().await?;
         Ok(documents
             .into_iter()
             .filter_map(|d| {
-                let id = d.get_object_id("_id").ok()?;
-                let version = match d.get("version") {
-                    Some(Bson::Int64(v)) => *v,
-                    Some(Bson::Int32(v)) => i64::from(*v),
-                    _ => 0,
-                };
-                let events = d
-                    .get_array("outbox")
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|e| e.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 Some(PendingBook {
-                    id,
-                    version,
-                    events,
+                    id: d.get_object_id("_id").ok()?,
+                    events: outbox_of(&d),
                 })
             })
             .collect())
@@ -328,9 +311,8 @@ impl BookStore {
         })
     }
 
-    /// Clears published events from their outboxes. One round trip when
-    /// nothing was added meanwhile (the common case); otherwise the published
-    /// events alone are pulled and the rest stays pending for the sweep.
+    /// Clears published events from their outboxes; events added meanwhile
+    /// stay pending.
     pub async fn clear(&self, published: &[Published]) -> mongodb::error::Result<()> {
         if published.is_empty() {
             return Ok(());
@@ -354,9 +336,9 @@ impl BookStore {
         if published.is_empty() {
             return Ok(());
         }
-        let books = self.books.clone();
+        let (books, writes) = (self.books.clone(), self.writes.clone());
         finish_locked(locked, async move {
-            let cleared = clear_outboxes(&books, &published).await;
+            let cleared = clear_outboxes(&books, &writes, &published).await;
             if let Some(replica) = replica {
                 replica.release().await;
             }
@@ -370,73 +352,75 @@ impl BookStore {
 /// the books' locks.
 async fn clear_outboxes(
     books: &Collection<Document>,
+    writes: &GuardedWrites,
     published: &[Published],
 ) -> mongodb::error::Result<()> {
-    // One statement per book: FerretDB would let two concurrent updates of
-    // one document undo each other. A book published several times in one
-    // batch has no single outbox state to compare with: its events are
-    // pulled.
-    let mut by_book: BTreeMap<ObjectId, (Option<ClearGuard>, Vec<&str>)> = BTreeMap::new();
+    // One task per book: FerretDB would let two concurrent updates of one
+    // document undo each other.
+    let mut by_book: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
     for p in published {
-        let events = p.events.iter().map(String::as_str);
         by_book
             .entry(p.id)
-            .and_modify(|(guard, sent)| {
-                *guard = None;
-                sent.extend(events.clone());
-            })
-            .or_insert_with(|| (Some(p.guard), events.clone().collect()));
+            .or_default()
+            .extend(p.events.iter().cloned());
     }
-    let cleared = by_book.iter().filter_map(|(id, (guard, sent))| {
-        let filter = match (*guard)? {
-            ClearGuard::OutboxUnchanged => doc! { "_id": id, "outbox": sent },
-            ClearGuard::Version(version) => doc! { "_id": id, "version": version },
+    futures::stream::iter(by_book)
+        .map(|(id, sent)| async move { clear_outbox(books, writes, id, &sent).await })
+        .buffer_unordered(UPDATE_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Removes `sent` from the outbox of book `id`: a read and a write, both
+/// looked up by `_id`, the write guarded by the outbox read. Should another
+/// replica keep adding events meanwhile, the sent ones are left for the
+/// sweep (sent again: a duplicate, harmless).
+async fn clear_outbox(
+    books: &Collection<Document>,
+    writes: &GuardedWrites,
+    id: ObjectId,
+    sent: &[String],
+) -> mongodb::error::Result<()> {
+    for _ in 0..CLEAR_ATTEMPTS {
+        let Some(stored) = books
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 0, "outbox": 1 })
+            .await?
+        else {
+            return Ok(());
         };
-        Some((
-            filter,
-            doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
-        ))
-    });
-    let matched = update_each(books, cleared.collect()).await?;
-    if matched < by_book.len() as u64 {
-        // Some outboxes changed meanwhile; pulling what was sent is
-        // idempotent, so do it for all of them.
-        let pulled = by_book
+        let outbox = outbox_of(&stored);
+        let remaining: Vec<&String> = outbox
             .iter()
-            .map(|(id, (_, sent))| (doc! { "_id": id }, doc! { "$pullAll": { "outbox": sent } }));
-        update_each(books, pulled.collect()).await?;
-        // Those whose outbox is now empty have nothing left pending.
-        let emptied = by_book.keys().map(|id| {
-            (
-                doc! { "_id": id, "outbox": [] },
-                doc! { "$unset": { "outboxAt": "" } },
-            )
-        });
-        update_each(books, emptied.collect()).await?;
+            .filter(|event| !sent.contains(event))
+            .collect();
+        if !outbox.is_empty() && remaining.len() == outbox.len() {
+            return Ok(());
+        }
+        let update = if remaining.is_empty() {
+            doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } }
+        } else {
+            doc! { "$set": { "outbox": remaining } }
+        };
+        let filter = writes.filter(id, doc! { "outbox": &outbox }).await?;
+        if books.update_one(filter, update).await?.matched_count == 1 {
+            return Ok(());
+        }
     }
     Ok(())
 }
 
-/// Runs each `(filter, update)`, every filter naming one `_id`, a few at a
-/// time, and returns how many documents matched. FerretDB answers an `_id`
-/// filter with a lookup by key, where an `update_many` of an `$or` of them
-/// scans the whole collection. They are separate commands: FerretDB v1 keeps
-/// a database connection per statement of one `update` command until the
-/// command ends, and a hundred statements exhaust its pool for good.
-async fn update_each(
-    books: &Collection<Document>,
-    statements: Vec<(Document, Document)>,
-) -> mongodb::error::Result<u64> {
-    let results: Vec<mongodb::error::Result<UpdateResult>> = futures::stream::iter(statements)
-        .map(|(filter, update)| books.update_one(filter, update).into_future())
-        .buffer_unordered(UPDATE_CONCURRENCY)
-        .collect()
-        .await;
-    let mut matched = 0;
-    for result in results {
-        matched += result?.matched_count;
-    }
-    Ok(matched)
+/// The events of a book document's outbox.
+fn outbox_of(document: &Document) -> Vec<String> {
+    document
+        .get_array("outbox")
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn to_i64(version: u64) -> i64 {

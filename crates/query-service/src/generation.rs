@@ -83,6 +83,11 @@ impl ActiveGeneration {
         }
     }
 
+    /// The database the generations live in.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// The collections to use now.
     pub fn collections(&self) -> Arc<Collections> {
         Arc::clone(

@@ -22,7 +22,7 @@ use bson::{doc, oid::ObjectId, DateTime, Document};
 use domain::{Book, BookEvent, BookId, EventType};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, IndexModel};
-use platform::mongo::is_duplicate_key;
+use platform::mongo::{is_duplicate_key, GuardedWrites};
 use platform::{
     document::{object_id, BookDocument, StoredBook},
     locks::{finish_locked, DocumentLocks},
@@ -55,6 +55,14 @@ pub struct Record {
 pub struct ReadModel {
     generation: ActiveGeneration,
     locks: Arc<DocumentLocks>,
+    writes: GuardedWrites,
+}
+
+/// The version of a stored book.
+#[derive(Debug, Deserialize)]
+struct Version {
+    #[serde(default)]
+    version: i64,
 }
 
 /// A read-model document as stored: the book's fields and the author keys
@@ -77,6 +85,7 @@ impl ReadModel {
     /// The read model of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
         Self {
+            writes: GuardedWrites::detect(generation.database()),
             generation,
             locks: Arc::default(),
         }
@@ -188,16 +197,29 @@ impl ReadModel {
                 }
             }
         };
-        // Matches only an older version. When the book is absent the upsert
-        // inserts it. When the insert collides on _id, the book exists (a
-        // newer version, or a concurrent apply of another version won the
-        // insert): try once more as a plain guarded update, which matches
-        // only if what is stored is still older.
-        let filter = doc! { "_id": id, "version": { "$lt": version } };
         let books = self.books();
+        let writes = self.writes.clone();
         let locked = self.locks.lock(&id).await;
         // To its end even if the apply times out (see `finish_locked`).
         finish_locked(locked, async move {
+            // What is stored, looked up by `_id`: a duplicate or an older
+            // event (a redelivery, a replay) costs no write.
+            let stored = books
+                .clone_with_type::<Version>()
+                .find_one(doc! { "_id": id })
+                .projection(doc! { "_id": 0, "version": 1 })
+                .await?;
+            if stored.is_some_and(|stored| stored.version >= version) {
+                return Ok(Applied::Stale);
+            }
+            // Matches only an older version. When the book is absent the
+            // upsert inserts it. When the insert collides on _id, the book
+            // exists (another replica applied a version meanwhile): try once
+            // more as a plain guarded update, which matches only if what is
+            // stored is still older.
+            let filter = writes
+                .filter(id, doc! { "version": { "$lt": version } })
+                .await?;
             match books
                 .update_one(filter.clone(), update.clone())
                 .upsert(true)

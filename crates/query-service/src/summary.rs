@@ -25,18 +25,21 @@
 //! summary write leaves the event unacknowledged; its redelivery finds the
 //! book stale and updates the summaries all the same.
 //!
-//! The `rev` check is atomic on MongoDB. FerretDB v1 reads and writes an
-//! update's document in separate steps, so writers in one process also take
-//! a lock per author key; two replicas on FerretDB writing one author's
-//! summary at the same instant can still lose one entry until that author's
-//! next change.
+//! Writers in one process also take a lock per author key. The `rev` check
+//! goes in the write's filter on MongoDB, where it is atomic; on FerretDB
+//! the filter is `_id` alone (see `platform::mongo::GuardedWrites`), so two
+//! replicas on FerretDB writing one author's summary at the same instant
+//! can lose one entry until that author's next change.
 
 use std::{collections::BTreeSet, future::IntoFuture, sync::Arc};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
-use platform::{locks::DocumentLocks, mongo::is_duplicate_key};
+use platform::{
+    locks::DocumentLocks,
+    mongo::{is_duplicate_key, GuardedWrites},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::generation::ActiveGeneration;
@@ -117,6 +120,7 @@ enum Scope<'a> {
 pub struct AuthorSummaries {
     generation: ActiveGeneration,
     locks: Arc<DocumentLocks>,
+    writes: GuardedWrites,
 }
 
 impl AuthorSummaries {
@@ -128,6 +132,7 @@ impl AuthorSummaries {
     /// The summaries of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
         Self {
+            writes: GuardedWrites::detect(generation.database()),
             generation,
             locks: Arc::default(),
         }
@@ -197,7 +202,7 @@ impl AuthorSummaries {
             if kept.as_ref() == Some(&entries) {
                 return Ok(());
             }
-            if !write(&collections.authors, key, rev, &entries).await? {
+            if !write(&collections.authors, &self.writes, key, rev, &entries).await? {
                 tracing::debug!(key, "author summary changed while written; reading again");
             }
         }
@@ -205,21 +210,30 @@ impl AuthorSummaries {
     }
 }
 
-/// The entries of those of `books` that are live under `key`.
+/// The entries of those of `books` that are live under `key`. Each is
+/// read by `_id` alone, which FerretDB looks up by key (it scans for any
+/// other filter), and checked here.
 async fn read_entries(
     books: &Collection<Document>,
     key: &str,
     ids: &BTreeSet<ObjectId>,
-) -> mongodb::error::Result<Vec<Entry>> {
-    let books = books.clone_with_type::<Entry>();
+) -> anyhow::Result<Vec<Entry>> {
+    let mut projection = entry_projection();
+    projection.extend(doc! { "authorKey": 1, "deleted": 1 });
     let found = futures::future::try_join_all(ids.iter().map(|id| {
         books
-            .find_one(doc! { "_id": id, "authorKey": key, "deleted": false })
-            .projection(entry_projection())
+            .find_one(doc! { "_id": id })
+            .projection(projection.clone())
             .into_future()
     }))
     .await?;
-    Ok(found.into_iter().flatten().collect())
+    let mut entries = Vec::new();
+    for book in found.into_iter().flatten() {
+        if book.get_str("authorKey") == Ok(key) && book.get_bool("deleted") == Ok(false) {
+            entries.push(bson::from_document(book)?);
+        }
+    }
+    Ok(entries)
 }
 
 /// The entries of every live book under `key`, in creation order.
@@ -256,14 +270,16 @@ fn in_creation_order(mut entries: Vec<Entry>) -> Vec<Entry> {
 /// before revisions were kept). Returns whether it was.
 async fn write(
     authors: &Collection<Document>,
+    writes: &GuardedWrites,
     key: &str,
     rev: Option<ObjectId>,
     entries: &[Entry],
 ) -> anyhow::Result<bool> {
-    let filter = match rev {
-        Some(rev) => doc! { "_id": key, "rev": rev },
-        None => doc! { "_id": key, "rev": { "$exists": false } },
+    let condition = match rev {
+        Some(rev) => doc! { "rev": rev },
+        None => doc! { "rev": { "$exists": false } },
     };
+    let filter = writes.filter(key, condition).await?;
     let Some(summary) = summarize(entries) else {
         return Ok(authors.delete_one(filter).await?.deleted_count == 1);
     };
@@ -278,7 +294,8 @@ async fn write(
         "rev": ObjectId::new(),
     };
     // Absent or without a revision: inserted, unless a concurrent writer
-    // inserted it first (a duplicate key).
+    // inserted it first (a duplicate key). Where the filter is `_id` alone
+    // the lock makes the revision read the current one.
     match authors
         .replace_one(filter, document)
         .upsert(rev.is_none())

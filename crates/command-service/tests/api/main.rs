@@ -4,6 +4,7 @@ mod auth;
 mod books;
 mod changes;
 mod concurrency;
+mod guarded_writes;
 mod health;
 mod helpers;
 mod metrics;
