@@ -17,7 +17,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state="${BOOKS_STATE_DIR:-$root/.local}"
 ferretdb_version="v1.24.2"
-ferretdb_bin="$state/bin/ferretdb-$ferretdb_version"
+# The build carries one fix (see build_ferretdb), hence its own name.
+ferretdb_bin="$state/bin/ferretdb-$ferretdb_version-idlookup"
 mongo_port="${FERRETDB_PORT:-27017}"
 redis_port="${REDIS_PORT:-6379}"
 
@@ -70,6 +71,16 @@ build_ferretdb() {
   cp -r "$src/." "$work/"
   chmod -R u+w "$work"
   echo "$ferretdb_version" >"$work/build/version/version.txt"
+  # v1.24.2's SQLite backend looks documents up by `_id` (finds, updates,
+  # deletes) with the expression `_ferretdb_sjson->'$._id'`, while its
+  # unique `_id` index is on `_ferretdb_sjson->"_id"`: the same value, but
+  # SQLite matches index expressions by their text, so every lookup by `_id`
+  # scans and parses the whole table. Written the way the index is, the
+  # lookup uses the index; nothing else changes.
+  local metadata="$work/internal/backends/sqlite/metadata/metadata.go"
+  grep -q "IDColumn = DefaultColumn + \"->'\$._id'\"" "$metadata" ||
+    { log "FerretDB's _id lookup is not the expected one; not patching blind"; return 1; }
+  sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \"->\\\\\"_id\\\\\"\"|" "$metadata"
   # Go fetches the toolchain the module names (go1.24.x) if the local one
   # cannot build it; both come through the Go module proxy.
   (cd "$work" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" CGO_ENABLED=0 \

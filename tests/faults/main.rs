@@ -15,7 +15,7 @@
 //! `target/fault-report.json`) rather than pass/fail lines. The exit status
 //! is non-zero when a scenario fails. The service binaries are taken from
 //! the same target directory (`cargo test --workspace` builds them);
-//! FerretDB from `FERRETDB_BIN`, else `.local/bin/ferretdb-v1.24.2`
+//! FerretDB from `FERRETDB_BIN`, else `.local/bin/ferretdb-v1.24.2-idlookup`
 //! (`scripts/servers.sh up` builds it); `redis-server` from `PATH`.
 
 mod audit;

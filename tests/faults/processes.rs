@@ -184,7 +184,9 @@ impl Binaries {
         };
         let ferretdb = match std::env::var_os("FERRETDB_BIN") {
             Some(path) => PathBuf::from(path),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bin/ferretdb-v1.24.2"),
+            None => {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bin/ferretdb-v1.24.2-idlookup")
+            }
         };
         anyhow::ensure!(
             ferretdb.is_file(),
