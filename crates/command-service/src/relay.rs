@@ -3,7 +3,8 @@
 //! listeners), then clears it from its book's outbox.
 //!
 //! New events arrive through a channel from the request that wrote them and
-//! go out at once, batched into one Redis pipeline and one MongoDB update.
+//! go out at once, batched into one Redis pipeline; their outboxes are
+//! cleared in the background, so the next batch does not wait for MongoDB.
 //! A periodic sweep finds whatever is still pending: events of a process that
 //! crashed, events that could not be published while Redis was down, events
 //! dropped when the channel was full. A crash between the append and the
@@ -16,7 +17,13 @@
 //! takes the sweep over; each replica still publishes its own new events at
 //! once.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -25,7 +32,7 @@ use chrono::Utc;
 use platform::lease::Lease;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -41,6 +48,11 @@ const CHANNEL_CAPACITY: usize = 4096;
 /// How old a pending event must be before the sweep takes it, so the sweep
 /// does not race the immediate path for events it is about to publish.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// The longest wait between sweeps that find nothing, in sweep intervals
+/// (and below half the lease).
+const IDLE_SWEEP_FACTOR: u32 = 16;
+/// Batches of published events whose outboxes are cleared at once.
+const CONCURRENT_CLEARS: usize = 4;
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -66,14 +78,18 @@ pub struct Outgoing {
 
 /// The handlers' end of the relay.
 #[derive(Clone)]
-pub struct OutboxNotifier(mpsc::Sender<Outgoing>);
+pub struct OutboxNotifier {
+    sender: mpsc::Sender<Outgoing>,
+    missed: Arc<AtomicBool>,
+}
 
 impl OutboxNotifier {
     /// Asks the relay to publish now. Never blocks and never fails the
     /// request: the event is already stored, and the sweep will publish it
     /// if the relay cannot take it now.
     pub fn notify(&self, outgoing: Outgoing) {
-        if let Err(error) = self.0.try_send(outgoing) {
+        if let Err(error) = self.sender.try_send(outgoing) {
+            self.missed.store(true, Ordering::Relaxed);
             tracing::debug!(%error, "relay busy; the sweep will publish the event");
         }
     }
@@ -86,6 +102,14 @@ pub struct Relay {
     sweep_interval: Duration,
     receiver: mpsc::Receiver<Outgoing>,
     lease: Lease,
+    /// One permit per clear of published events running in the background.
+    clears: Arc<Semaphore>,
+    /// Set when an event was left to the sweep (the channel was full, it
+    /// waited past the grace, or publishing failed): the next sweep comes
+    /// soon, however long the sweeps have found nothing.
+    missed: Arc<AtomicBool>,
+    /// The longest wait between sweeps while they find nothing.
+    idle_max: Duration,
 }
 
 impl Relay {
@@ -99,6 +123,7 @@ impl Relay {
         lease_ttl: Duration,
     ) -> (Self, OutboxNotifier) {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let missed = Arc::new(AtomicBool::new(false));
         let lease = Lease::new(
             format!("{stream}:relay-lease"),
             ObjectId::new().to_hex(),
@@ -111,16 +136,26 @@ impl Relay {
             sweep_interval,
             receiver,
             lease,
+            clears: Arc::new(Semaphore::new(CONCURRENT_CLEARS)),
+            missed: Arc::clone(&missed),
+            // Below the lease, so that the holder keeps it between sweeps.
+            idle_max: (sweep_interval * IDLE_SWEEP_FACTOR)
+                .min(lease_ttl / 2)
+                .max(sweep_interval),
         };
-        (relay, OutboxNotifier(sender))
+        (relay, OutboxNotifier { sender, missed })
     }
 
     /// Runs until `shutdown` is cancelled. Sweeps once at start (everything
     /// pending from before this process started), then publishes new events
-    /// as they come and sweeps on a timer, backing off while a dependency
-    /// is down. Only the holder of the lease sweeps.
+    /// as they come and sweeps on a timer: each sweep that finds nothing
+    /// doubles the wait for the next (up to `idle_max`; on FerretDB a sweep
+    /// reads every book), and an event left to the sweep brings the next
+    /// one back to `sweep_interval`. Backs off while a dependency is down.
+    /// Only the holder of the lease sweeps.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.sweep_interval;
+        let mut idle = self.sweep_interval;
         let mut next_sweep = Instant::now();
         // The first sweep takes what was pending before this process
         // started, however recent; later ones what is older than the grace.
@@ -134,9 +169,17 @@ impl Relay {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
                     match self.sweep(cutoff).await {
-                        Ok(()) => backoff = self.sweep_interval,
+                        Ok(0) => {
+                            idle = (idle * 2).min(self.idle_max);
+                            backoff = idle;
+                        }
+                        Ok(_) => {
+                            idle = self.sweep_interval;
+                            backoff = idle;
+                        }
                         Err(error) => {
                             tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "outbox sweep failed");
+                            idle = self.sweep_interval;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
@@ -148,7 +191,12 @@ impl Relay {
                         break;
                     }
                     if let Err(error) = self.publish_new(&mut batch).await {
+                        self.missed.store(true, Ordering::Relaxed);
                         tracing::warn!(error = format!("{error:#}"), "publishing new events failed; the sweep will retry");
+                    }
+                    if self.missed.swap(false, Ordering::Relaxed) {
+                        idle = self.sweep_interval;
+                        next_sweep = next_sweep.min(Instant::now() + self.sweep_interval);
                     }
                 }
             }
@@ -161,6 +209,7 @@ impl Relay {
                 break;
             }
         }
+        self.clears_done().await;
         // Another replica need not wait for the lease to expire.
         self.lease.release(&mut self.redis).await;
         tracing::info!("outbox relay stopped");
@@ -172,10 +221,14 @@ impl Relay {
         // Events that waited in the channel longer than the sweep's grace
         // may already be taken by the sweep: leave them to it rather than
         // publish them twice.
+        let received = batch.len();
         let fresh: Vec<Outgoing> = batch
             .drain(..)
             .filter(|o| o.stored_at.elapsed() < SWEEP_GRACE)
             .collect();
+        if fresh.len() < received {
+            self.missed.store(true, Ordering::Relaxed);
+        }
         let events: Vec<(&str, &str)> = fresh
             .iter()
             .map(|o| (o.event_type, o.json.as_str()))
@@ -191,18 +244,45 @@ impl Relay {
                 events: vec![o.json],
             })
             .collect();
-        self.store.clear(&published).await?;
+        // Cleared in the background, a few batches at a time, so the next
+        // events go out without waiting for MongoDB; an event whose clear
+        // fails stays pending and is sent again by the sweep.
+        let permit = Arc::clone(&self.clears)
+            .acquire_owned()
+            .await
+            .expect("the clear permits are never closed");
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.clear(&published).await {
+                tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
+            }
+            drop(permit);
+        });
         Ok(())
+    }
+
+    /// Waits for the clears running in the background.
+    async fn clears_done(&self) {
+        let _all = self
+            .clears
+            .acquire_many(CONCURRENT_CLEARS as u32)
+            .await
+            .expect("the clear permits are never closed");
     }
 
     /// Publishes every event pending since before the cutoff, in batches,
     /// oldest first, while this replica holds the lease (renewed before
     /// each batch, so a long backlog is not swept by two replicas at once).
-    async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<()> {
+    /// Returns how many events it published.
+    async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<usize> {
+        let mut published_events = 0;
         loop {
             if !self.lease.hold(&mut self.redis).await? {
-                return Ok(());
+                return Ok(published_events);
             }
+            // What the immediate path published is cleared first, so the
+            // sweep does not send it again.
+            self.clears_done().await;
             let cutoff = match cutoff {
                 Cutoff::Before(at) => at,
                 Cutoff::OlderThan(grace) => Utc::now() - grace,
@@ -210,7 +290,7 @@ impl Relay {
             let pending = self.store.pending(cutoff, BATCH as i64).await?;
             let full = pending.len() == BATCH;
             if pending.is_empty() {
-                return Ok(());
+                return Ok(published_events);
             }
             let events: Vec<(&str, &str)> = pending
                 .iter()
@@ -231,8 +311,9 @@ impl Relay {
                 .collect();
             self.store.clear(&published).await?;
             tracing::info!(events = count, "published events left pending");
+            published_events += count;
             if !full {
-                return Ok(());
+                return Ok(published_events);
             }
         }
     }

@@ -13,9 +13,9 @@
 //! Never an increment: an entry is the book's current state, so duplicates,
 //! reordering and redelivery cannot skew a summary. Why it converges with
 //! several replicas: a writer reads the summary, then the books, then
-//! replaces the summary only if its `rev` is still the one read, and reads
-//! again until the entries agree with the books (up to `MAX_ROUNDS`, then
-//! the event is retried later). Take book B's last change, written to the
+//! replaces the summary only if its `rev` is still the one read, reading
+//! both again when it was not (up to `MAX_ROUNDS`, then the event is
+//! retried later). Take book B's last change, written to the
 //! read model at time t, and the replica R that applied it. R's successful
 //! write read the summary after t, since it read it after its own book
 //! write, and B's entry from a read after that: the final state. A later
@@ -202,9 +202,10 @@ impl AuthorSummaries {
             if kept.as_ref() == Some(&entries) {
                 return Ok(());
             }
-            if !write(&collections.authors, &self.writes, key, rev, &entries).await? {
-                tracing::debug!(key, "author summary changed while written; reading again");
+            if write(&collections.authors, &self.writes, key, rev, &entries).await? {
+                return Ok(());
             }
+            tracing::debug!(key, "author summary changed while written; reading again");
         }
         Err(Contended(key.to_owned()).into())
     }
