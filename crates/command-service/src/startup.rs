@@ -12,8 +12,13 @@ use platform::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Settings, metrics::OutboxBacklog, relay::Relay, replica_locks::ReplicaLocks, routes,
-    state::AppState, store::BookStore,
+    config::Settings,
+    metrics::OutboxBacklog,
+    relay::Relay,
+    replica_locks::ReplicaLocks,
+    routes,
+    state::{AppState, Shared},
+    store::BookStore,
 };
 
 /// A request may take this many dependency timeouts before it gets 503.
@@ -70,7 +75,7 @@ impl Application {
             drain: settings.shutdown_drain,
             grace: settings.shutdown_timeout,
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             scrape: Scrape::new(OutboxBacklog(store.clone())),
             store,
             outbox,
@@ -82,7 +87,7 @@ impl Application {
             },
             query_base_url: Arc::from(settings.query_base_url.as_str()),
             api_tokens: settings.api_tokens.clone(),
-        };
+        });
         if settings.api_tokens.is_empty() {
             tracing::warn!(
                 "API_TOKENS is empty: every command will be refused with 401; set API_TOKENS to accept writes"

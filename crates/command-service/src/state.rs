@@ -1,14 +1,32 @@
 //! What every handler can reach.
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use axum::extract::FromRef;
 use platform::{health::Dependencies, metrics::Scrape};
 
 use crate::{auth::ApiTokens, relay::OutboxNotifier, store::BookStore};
 
+/// What the handlers share, behind one `Arc`: axum clones the state for
+/// every request, and this makes that one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: BookStore,
     pub outbox: OutboxNotifier,
     pub dependencies: Dependencies,

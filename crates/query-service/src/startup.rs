@@ -25,7 +25,7 @@ use crate::{
     projector::Projector,
     reconcile::{self, Reconciler},
     routes,
-    state::AppState,
+    state::{AppState, Shared},
     summary::AuthorSummaries,
 };
 
@@ -109,7 +109,7 @@ impl Application {
             drain: settings.shutdown_drain,
             grace: settings.shutdown_timeout,
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             lookup: BookLookup {
                 cache,
                 read_model: read_model.clone(),
@@ -130,7 +130,7 @@ impl Application {
                 workers: vec![("consumer", consumer_status)],
                 stopping: stop.token.clone(),
             },
-        };
+        });
         // A read may wait for its version, then read MongoDB and Redis; this
         // bounds one whose server hangs.
         let router = routes::router(

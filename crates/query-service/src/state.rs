@@ -1,6 +1,6 @@
 //! What every handler can reach.
 
-use std::time::Duration;
+use std::{ops::Deref, sync::Arc, time::Duration};
 
 use axum::extract::FromRef;
 use platform::{health::Dependencies, metrics::Scrape};
@@ -8,8 +8,26 @@ use tokio::sync::watch;
 
 use crate::{lookup::BookLookup, projection::ReadModel, summary::AuthorSummaries};
 
+/// What the handlers share, behind one `Arc`: axum clones the state for
+/// every request, and this makes that one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub read_model: ReadModel,
     pub lookup: BookLookup,
     pub summaries: AuthorSummaries,
