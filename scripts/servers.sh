@@ -103,7 +103,7 @@ start_ferretdb() {
     --sqlite-url="file:$state/ferretdb/data/" \
     --state-dir="$state/ferretdb" \
     --listen-addr="127.0.0.1:$mongo_port" \
-    --debug-addr=- \
+    --debug-addr="${FERRETDB_DEBUG_ADDR:--}" \
     --telemetry=disable \
     --log-level=warn \
     >"$state/log/ferretdb.log" 2>&1 &
