@@ -65,6 +65,15 @@ enum Cutoff {
     OlderThan(Duration),
 }
 
+/// What one batch of a sweep did.
+#[derive(Debug, Default)]
+struct Swept {
+    /// Events published.
+    events: usize,
+    /// Whether the batch was full: more may be waiting.
+    full: bool,
+}
+
 /// A freshly written event, handed to the relay by the request that wrote it.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -161,30 +170,34 @@ impl Relay {
         // started, however recent; later ones what is older than the grace.
         let mut cutoff = Cutoff::Before(Utc::now());
         let mut batch = Vec::with_capacity(BATCH);
-        loop {
+        while !shutdown.is_cancelled() {
+            // Not biased: a sweep taking a backlog one batch at a time and a
+            // steady stream of new events take turns, so neither starves
+            // the other (new events held back past the grace would be left
+            // to the sweep as well).
             tokio::select! {
-                // The sweep comes before new events so that a steady stream
-                // of requests cannot starve it.
-                biased;
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
-                    match self.sweep(cutoff).await {
-                        Ok(0) => {
-                            idle = (idle * 2).min(self.idle_max);
+                    next_sweep = match self.sweep_batch(cutoff).await {
+                        // More is waiting: the next batch at once.
+                        Ok(Swept { full: true, .. }) => Instant::now(),
+                        Ok(Swept { events, .. }) => {
+                            idle = if events == 0 {
+                                (idle * 2).min(self.idle_max)
+                            } else {
+                                self.sweep_interval
+                            };
                             backoff = idle;
-                        }
-                        Ok(_) => {
-                            idle = self.sweep_interval;
-                            backoff = idle;
+                            cutoff = Cutoff::OlderThan(SWEEP_GRACE);
+                            Instant::now() + backoff
                         }
                         Err(error) => {
                             tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "outbox sweep failed");
                             idle = self.sweep_interval;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
+                            Instant::now() + backoff
                         }
-                    }
-                    cutoff = Cutoff::OlderThan(SWEEP_GRACE);
-                    next_sweep = Instant::now() + backoff;
+                    };
                 }
                 received = self.receiver.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
@@ -270,52 +283,48 @@ impl Relay {
             .expect("the clear permits are never closed");
     }
 
-    /// Publishes every event pending since before the cutoff, in batches,
-    /// oldest first, while this replica holds the lease (renewed before
-    /// each batch, so a long backlog is not swept by two replicas at once).
-    /// Returns how many events it published.
-    async fn sweep(&mut self, cutoff: Cutoff) -> anyhow::Result<usize> {
-        let mut published_events = 0;
-        loop {
-            if !self.lease.hold(&mut self.redis).await? {
-                return Ok(published_events);
-            }
-            // What the immediate path published is cleared first, so the
-            // sweep does not send it again.
-            self.clears_done().await;
-            let cutoff = match cutoff {
-                Cutoff::Before(at) => at,
-                Cutoff::OlderThan(grace) => Utc::now() - grace,
-            };
-            let pending = self.store.pending(cutoff, BATCH as i64).await?;
-            let full = pending.len() == BATCH;
-            if pending.is_empty() {
-                return Ok(published_events);
-            }
-            let events: Vec<(&str, &str)> = pending
-                .iter()
-                .flat_map(|p| {
-                    p.events
-                        .iter()
-                        .map(|json| (event_type_of(json), json.as_str()))
-                })
-                .collect();
-            let count = events.len();
-            self.append(&events).await?;
-            for (event_type, _) in &events {
-                metrics::event_published(event_type, Via::Sweep);
-            }
-            let published: Vec<Published> = pending
-                .into_iter()
-                .map(PendingBook::into_published)
-                .collect();
-            self.store.clear(&published).await?;
-            tracing::info!(events = count, "published events left pending");
-            published_events += count;
-            if !full {
-                return Ok(published_events);
-            }
+    /// Publishes one batch of the events pending since before the cutoff,
+    /// oldest first, if this replica holds the lease (renewed before each
+    /// batch, so a long backlog is not swept by two replicas at once).
+    async fn sweep_batch(&mut self, cutoff: Cutoff) -> anyhow::Result<Swept> {
+        if !self.lease.hold(&mut self.redis).await? {
+            return Ok(Swept::default());
         }
+        // What the immediate path published is cleared first, so the sweep
+        // does not send it again.
+        self.clears_done().await;
+        let cutoff = match cutoff {
+            Cutoff::Before(at) => at,
+            Cutoff::OlderThan(grace) => Utc::now() - grace,
+        };
+        let pending = self.store.pending(cutoff, BATCH as i64).await?;
+        let full = pending.len() == BATCH;
+        if pending.is_empty() {
+            return Ok(Swept::default());
+        }
+        let events: Vec<(&str, &str)> = pending
+            .iter()
+            .flat_map(|p| {
+                p.events
+                    .iter()
+                    .map(|json| (event_type_of(json), json.as_str()))
+            })
+            .collect();
+        let count = events.len();
+        self.append(&events).await?;
+        for (event_type, _) in &events {
+            metrics::event_published(event_type, Via::Sweep);
+        }
+        let published: Vec<Published> = pending
+            .into_iter()
+            .map(PendingBook::into_published)
+            .collect();
+        self.store.clear(&published).await?;
+        tracing::info!(events = count, "published events left pending");
+        Ok(Swept {
+            events: count,
+            full,
+        })
     }
 
     /// XADD and PUBLISH each event, in order, in one pipeline.
