@@ -19,7 +19,7 @@ use mongodb::{
     error::{ErrorKind, InsertManyError},
     Collection, Database,
 };
-use platform::mongo::{is_duplicate_key, DUPLICATE_KEY};
+use platform::mongo::{is_duplicate_key, is_ferretdb, DUPLICATE_KEY};
 use tokio::sync::oneshot;
 
 const COLLECTION: &str = "bookLocks";
@@ -61,10 +61,7 @@ impl Mode {
         Ok(match self {
             Self::On => true,
             Self::Off => false,
-            Self::Auto => db
-                .run_command(doc! { "buildInfo": 1 })
-                .await?
-                .contains_key("ferretdbVersion"),
+            Self::Auto => is_ferretdb(db).await?,
         })
     }
 }

@@ -81,11 +81,15 @@ impl GuardedWrites {
     /// Whether conditions go in the filter.
     pub async fn in_filter(&self) -> Result<bool, Error> {
         self.in_filter
-            .get_or_try_init(|| async {
-                let info = self.database.run_command(doc! { "buildInfo": 1 }).await?;
-                Ok::<_, Error>(!info.contains_key("ferretdbVersion"))
-            })
+            .get_or_try_init(|| async { Ok(!is_ferretdb(&self.database).await?) })
             .await
             .copied()
     }
+}
+
+/// Whether the server behind `database` is FerretDB: its `buildInfo` names
+/// a FerretDB version.
+pub async fn is_ferretdb(database: &Database) -> Result<bool, Error> {
+    let info = database.run_command(doc! { "buildInfo": 1 }).await?;
+    Ok(info.contains_key("ferretdbVersion"))
 }
