@@ -7,13 +7,20 @@
 //! consumers of every replica, and reads refilling a miss) can only move an
 //! entry forward: the cache never goes back to an older version than one it
 //! showed.
+//!
+//! Reads may go through a connection with Redis's client-side caching
+//! (`platform::connect::redis_near_cache_manager`): a hot book is then
+//! answered from the process's memory, and Redis invalidates that copy as
+//! soon as any writer changes the key, so a read never shows a version
+//! older than one Redis has replaced for longer than an invalidation takes
+//! to arrive.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
 use domain::BookId;
 use platform::document::StoredBook;
-use redis::{aio::ConnectionManager, Script};
+use redis::{aio::ConnectionManager, CommandCacheConfig, Script};
 
 /// KEYS[1]: the book's key. ARGV: version, TTL in seconds, then the field
 /// (`body` or `gone`) and its value.
@@ -60,6 +67,8 @@ impl From<&StoredBook> for Cached {
 #[derive(Clone)]
 pub struct BookCache {
     redis: ConnectionManager,
+    /// Where `get` reads: `redis`, or a connection with client-side caching.
+    reads: ConnectionManager,
     prefix: String,
     ttl: Duration,
     put_if_newer: Script,
@@ -68,6 +77,7 @@ pub struct BookCache {
 impl BookCache {
     pub fn new(redis: ConnectionManager, prefix: String, ttl: Duration) -> Self {
         Self {
+            reads: redis.clone(),
             redis,
             prefix,
             ttl,
@@ -75,29 +85,52 @@ impl BookCache {
         }
     }
 
+    /// The same cache, read through `reads` (writes stay on the first
+    /// connection, which tracks nothing).
+    pub fn reading_through(self, reads: ConnectionManager) -> Self {
+        Self { reads, ..self }
+    }
+
     fn key(&self, id: &BookId) -> String {
         format!("{}{id}", self.prefix)
     }
 
-    /// The entry of book `id`; `None` on a miss.
+    /// The entry of book `id`; `None` on a miss. May be answered from the
+    /// process's copy, which an invalidation in flight can leave one
+    /// change behind for an instant.
     #[tracing::instrument(skip(self))]
     pub async fn get(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        let mut redis = self.redis.clone();
-        let (version, body, gone): (Option<u64>, Option<Vec<u8>>, Option<u8>) = redis::cmd("HMGET")
-            .arg(self.key(id))
-            .arg("v")
-            .arg("body")
-            .arg("gone")
-            .query_async(&mut redis)
-            .await?;
-        Ok(match (version, body, gone) {
+        let mut command = self.hmget(id);
+        command.set_cache_config(CommandCacheConfig::new());
+        Ok(Self::entry(
+            command.query_async(&mut self.reads.clone()).await?,
+        ))
+    }
+
+    /// The entry of book `id` as Redis holds it now, never from the
+    /// process's copy: for a reader waiting for a version.
+    #[tracing::instrument(skip(self))]
+    pub async fn get_fresh(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
+        Ok(Self::entry(
+            self.hmget(id).query_async(&mut self.redis.clone()).await?,
+        ))
+    }
+
+    fn hmget(&self, id: &BookId) -> redis::Cmd {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.key(id)).arg("v").arg("body").arg("gone");
+        command
+    }
+
+    fn entry((version, body, gone): (Option<u64>, Option<Vec<u8>>, Option<u8>)) -> Option<Cached> {
+        match (version, body, gone) {
             (Some(version), Some(body), _) => Some(Cached::Book {
                 version,
                 body: Bytes::from(body),
             }),
             (Some(version), None, Some(_)) => Some(Cached::Gone { version }),
             _ => None,
-        })
+        }
     }
 
     /// Stores `entry` unless the cache already holds its version or a newer

@@ -61,6 +61,10 @@ pub struct Settings {
     /// How long a cached book lives in Redis unless a newer version replaces
     /// it first (`CACHE_TTL_SECS`, default 3600).
     pub cache_ttl: Duration,
+    /// How many cached books each process also keeps in memory, kept
+    /// coherent by Redis's key tracking (`CACHE_LOCAL_ENTRIES`, default
+    /// 10000; 0 reads every hit from Redis).
+    pub cache_local_entries: usize,
     /// How long `GET /books/{id}?minVersion=N` waits for version N before
     /// answering 503 (`READ_YOUR_WRITES_TIMEOUT_MS`, default 1000).
     pub read_your_writes_timeout: Duration,
@@ -101,6 +105,7 @@ impl Settings {
             shutdown_drain: env::millis("SHUTDOWN_DRAIN_MS", 0)?,
             cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),
             cache_ttl: Duration::from_secs(env::parse("CACHE_TTL_SECS", 3600)?),
+            cache_local_entries: env::parse("CACHE_LOCAL_ENTRIES", 10_000)?,
             read_your_writes_timeout: env::millis("READ_YOUR_WRITES_TIMEOUT_MS", 1000)?,
             claim_idle: env::millis("CLAIM_IDLE_MS", 60_000)?,
             max_deliveries: env::parse("MAX_DELIVERIES", 10)?,

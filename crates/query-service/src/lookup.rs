@@ -11,6 +11,15 @@ use crate::{
     projection::ReadModel,
 };
 
+/// Whether a lookup may be answered from the process's copy of the cache.
+#[derive(Debug, Clone, Copy)]
+enum CacheRead {
+    /// The process's copy may answer.
+    Local,
+    /// Redis answers.
+    Fresh,
+}
+
 #[derive(Clone)]
 pub struct BookLookup {
     pub cache: BookCache,
@@ -19,10 +28,26 @@ pub struct BookLookup {
 
 impl BookLookup {
     /// The book as it is now: its JSON and version, its tombstone, or
-    /// `None` when the read model never heard of it.
+    /// `None` when the read model never heard of it. A hot book comes from
+    /// the process's copy of the cache (see `cache`).
     #[tracing::instrument(skip(self))]
     pub async fn current(&self, id: &BookId) -> anyhow::Result<Option<Cached>> {
-        let cache_up = match self.cache.get(id).await {
+        self.look_up(id, CacheRead::Local).await
+    }
+
+    /// Like `current`, but never from the process's copy of the cache: for
+    /// a reader waiting for a version the consumer has just written.
+    #[tracing::instrument(skip(self))]
+    pub async fn latest(&self, id: &BookId) -> anyhow::Result<Option<Cached>> {
+        self.look_up(id, CacheRead::Fresh).await
+    }
+
+    async fn look_up(&self, id: &BookId, read: CacheRead) -> anyhow::Result<Option<Cached>> {
+        let cached = match read {
+            CacheRead::Local => self.cache.get(id).await,
+            CacheRead::Fresh => self.cache.get_fresh(id).await,
+        };
+        let cache_up = match cached {
             Ok(Some(hit)) => {
                 metrics::cache_lookup(CacheResult::Hit);
                 return Ok(Some(hit));

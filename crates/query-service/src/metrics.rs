@@ -1,7 +1,8 @@
 //! What query-service counts: events read from the stream, applied,
 //! skipped as stale, failed and dead-lettered, and cache lookups; and, read
-//! at each scrape, the consumer group's lag and pending count and whether
-//! this replica's consumer runs.
+//! at each scrape, the consumer group's lag and pending count, whether
+//! this replica's consumer runs, and what the in-process copy of the cache
+//! answered.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -20,6 +21,8 @@ const CACHE_LOOKUPS: &str = "books_cache_lookups_total";
 const GROUP_LAG: &str = "books_consumer_group_lag";
 const GROUP_PENDING: &str = "books_consumer_group_pending";
 const CONSUMER_UP: &str = "books_consumer_up";
+const LOCAL_HITS: &str = "books_cache_local_hits";
+const LOCAL_INVALIDATIONS: &str = "books_cache_local_invalidations";
 
 /// How long a scrape waits for Redis before leaving the group's figures out.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -120,16 +123,18 @@ pub fn cache_lookup(result: CacheResult) {
     metrics::counter!(CACHE_LOOKUPS, "result" => result).increment(1);
 }
 
-/// Reads, at each scrape, the consumer group's figures (XINFO GROUPS) and
-/// whether this replica's consumer runs.
-pub struct ConsumerGroup {
+/// Reads, at each scrape, the consumer group's figures (XINFO GROUPS),
+/// whether this replica's consumer runs, and the statistics of the cache
+/// reads' connection when it keeps an in-process copy.
+pub struct ReadSide {
     pub redis: ConnectionManager,
     pub stream: String,
     pub group: String,
     pub consumer: WorkerStatus,
+    pub cache_reads: ConnectionManager,
 }
 
-impl ConsumerGroup {
+impl ReadSide {
     /// The group's lag (`None` when Redis cannot tell, e.g. after entries
     /// were deleted from the middle of the stream) and pending count.
     async fn figures(&self) -> anyhow::Result<(Option<usize>, usize)> {
@@ -150,7 +155,7 @@ impl ConsumerGroup {
     }
 }
 
-impl Collector for ConsumerGroup {
+impl Collector for ReadSide {
     fn collect(&self) -> Pin<Box<dyn Future<Output = Vec<Gauge>> + Send + '_>> {
         Box::pin(async move {
             let mut gauges = vec![Gauge {
@@ -158,6 +163,18 @@ impl Collector for ConsumerGroup {
                 help: "1 while this replica's consumer reads from the group, 0 before its first read and while its session fails",
                 value: if self.consumer.is_up() { 1.0 } else { 0.0 },
             }];
+            if let Some(local) = self.cache_reads.get_cache_statistics() {
+                gauges.push(Gauge {
+                    name: LOCAL_HITS,
+                    help: "Cache hits answered from this process's copy since its last reset (a reconnect to Redis resets it)",
+                    value: local.hit as f64,
+                });
+                gauges.push(Gauge {
+                    name: LOCAL_INVALIDATIONS,
+                    help: "Entries of this process's copy of the cache dropped because Redis reported them changed, or to make room, since its last reset",
+                    value: local.invalidate as f64,
+                });
+            }
             let (lag, pending) = match tokio::time::timeout(SCRAPE_TIMEOUT, self.figures()).await {
                 Ok(Ok(figures)) => figures,
                 Ok(Err(error)) => {

@@ -2,7 +2,7 @@
 //! until a signal or a cancellation stops it, then waits for the consumer
 //! to finish its batch.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use platform::{
     document::BookDocument,
@@ -20,7 +20,7 @@ use crate::{
     consumer::Consumer,
     generation::ActiveGeneration,
     lookup::BookLookup,
-    metrics::ConsumerGroup,
+    metrics::ReadSide,
     projection::ReadModel,
     projector::Projector,
     reconcile::{self, Reconciler},
@@ -60,11 +60,20 @@ impl Application {
 
         let redis_client = platform::connect::redis_client(&settings.redis_url)?;
         let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
+        let cache_reads = match NonZeroUsize::new(settings.cache_local_entries) {
+            Some(entries) => platform::connect::redis_near_cache_manager(
+                &redis_client,
+                settings.dependency_timeout,
+                entries,
+            )?,
+            None => redis.clone(),
+        };
         let cache = BookCache::new(
             redis.clone(),
             settings.cache_prefix.clone(),
             settings.cache_ttl,
-        );
+        )
+        .reading_through(cache_reads.clone());
 
         let group_created = Arc::new(Notify::new());
         let reconciler = Reconciler {
@@ -118,11 +127,12 @@ impl Application {
             summaries,
             batches: batches_seen,
             read_your_writes_timeout: settings.read_your_writes_timeout,
-            scrape: Scrape::new(ConsumerGroup {
+            scrape: Scrape::new(ReadSide {
                 redis: redis.clone(),
                 stream: settings.stream.clone(),
                 group: settings.group.clone(),
                 consumer: consumer_status.clone(),
+                cache_reads,
             }),
             dependencies: Dependencies {
                 mongo: database,

@@ -265,7 +265,7 @@ async fn wait_for_version(
         // Marked seen before looking, so a batch that ends while we look
         // wakes the wait below at once.
         batches.borrow_and_update();
-        let entry = lookup.current(id).await.map_err(store_error)?;
+        let entry = lookup.latest(id).await.map_err(store_error)?;
         let version = entry.as_ref().map(Cached::version);
         if version.is_some_and(|v| v >= min) {
             return Ok(entry);

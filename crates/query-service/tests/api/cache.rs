@@ -1,6 +1,7 @@
 //! The Redis read cache behind `GET /books/{id}`: filled by the consumer
 //! before it acknowledges, refilled on a miss, never moved back to an older
-//! version, and a way around a MongoDB outage.
+//! version, a way around a MongoDB outage, and kept in each process's
+//! memory as well, where Redis invalidates it.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::body::Bytes;
 use domain::{BookEvent, BookId};
 use query_service::cache::{BookCache, Cached};
 use serde_json::Value;
-use test_support::{assert_problem, TcpProxy};
+use test_support::{assert_problem, eventually, metrics::Scrape, TcpProxy};
 
 use crate::helpers::{
     cleanup_for, deleted, new_book, spawn_app, spawn_cleaned_app_with, test_settings, updated,
@@ -212,4 +213,74 @@ async fn the_cache_only_ever_moves_to_a_higher_version() {
         .await
         .unwrap();
     assert!((1..=60).contains(&ttl), "{ttl}");
+}
+
+/// The figures the process's copy of the cache reports at a scrape.
+async fn local_copy(app: &crate::helpers::TestApp) -> (f64, f64) {
+    let scrape = Scrape::of(&app.http, &format!("http://{}", app.address)).await;
+    let value = |name: &str| {
+        scrape
+            .sum(name, &[])
+            .unwrap_or_else(|| panic!("no {name} in {}", scrape.text()))
+    };
+    (
+        value("books_cache_local_hits"),
+        value("books_cache_local_invalidations"),
+    )
+}
+
+#[tokio::test]
+async fn a_hot_book_is_answered_from_the_process_memory() {
+    let app = spawn_app().await;
+    let book = new_book("Hot");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    let (hits_before, _) = local_copy(&app).await;
+
+    for _ in 0..3 {
+        let response = app.get_book(book.id.as_str()).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, serde_json::to_value(&book).unwrap());
+    }
+
+    // The first read asked Redis; the next two did not.
+    let (hits_after, _) = local_copy(&app).await;
+    assert!(hits_after - hits_before >= 2.0, "{hits_before} -> {hits_after}");
+}
+
+#[tokio::test]
+async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
+    let settings = test_settings().await;
+    let app = spawn_cleaned_app_with(settings.clone()).await;
+    let book = new_book("Before");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    for _ in 0..2 {
+        assert_eq!(app.get_book(book.id.as_str()).await.headers()["etag"], "\"1\"");
+    }
+    let (_, invalidations_before) = local_copy(&app).await;
+
+    // Another replica's consumer writes a newer version.
+    let elsewhere = BookCache::new(
+        test_support::redis_connection().await,
+        settings.cache_prefix.clone(),
+        Duration::from_secs(60),
+    );
+    let newer = Cached::Book {
+        version: 2,
+        body: Bytes::from_static(b"{\"title\":\"After\"}"),
+    };
+    assert!(elsewhere.put(&book.id, &newer).await.unwrap());
+
+    // Well within the copy's own expiry (30 s): only Redis's invalidation
+    // can make this pass.
+    let served = eventually("the newer version served", Duration::from_secs(5), || async {
+        let response = app.get_book(book.id.as_str()).await;
+        (response.headers()["etag"] == "\"2\"").then_some(response)
+    })
+    .await;
+    assert_eq!(served.text().await.unwrap(), r#"{"title":"After"}"#);
+    let (_, invalidations_after) = local_copy(&app).await;
+    assert!(invalidations_after > invalidations_before);
 }

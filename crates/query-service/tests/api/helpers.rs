@@ -56,6 +56,7 @@ pub(crate) async fn test_settings() -> Settings {
         shutdown_drain: Duration::ZERO,
         cache_prefix: format!("{}:", unique("cache")),
         cache_ttl: Duration::from_secs(3600),
+        cache_local_entries: 1000,
         read_your_writes_timeout: Duration::from_secs(1),
         claim_idle: Duration::from_secs(60),
         max_deliveries: 10,
