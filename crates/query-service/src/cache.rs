@@ -11,9 +11,10 @@
 //! Reads may go through a connection with Redis's client-side caching
 //! (`platform::connect::redis_near_cache_manager`): a hot book is then
 //! answered from the process's memory, and Redis invalidates that copy as
-//! soon as any writer changes the key, so a read never shows a version
-//! older than one Redis has replaced for longer than an invalidation takes
-//! to arrive.
+//! soon as any writer changes the key. The consumer that wrote a key waits
+//! for its own process's invalidation before acknowledging
+//! (`sync_local_copy`); another process's copy may show the replaced
+//! version for as long as the invalidation takes to arrive.
 
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub struct BookCache {
     redis: ConnectionManager,
     /// Where `get` reads: `redis`, or a connection with client-side caching.
     reads: ConnectionManager,
+    /// Whether `reads` keeps a copy (is not `redis`).
+    local_copy: bool,
     prefix: String,
     ttl: Duration,
     put_if_newer: Script,
@@ -78,6 +81,7 @@ impl BookCache {
     pub fn new(redis: ConnectionManager, prefix: String, ttl: Duration) -> Self {
         Self {
             reads: redis.clone(),
+            local_copy: false,
             redis,
             prefix,
             ttl,
@@ -88,7 +92,33 @@ impl BookCache {
     /// The same cache, read through `reads` (writes stay on the first
     /// connection, which tracks nothing).
     pub fn reading_through(self, reads: ConnectionManager) -> Self {
-        Self { reads, ..self }
+        Self {
+            reads,
+            local_copy: true,
+            ..self
+        }
+    }
+
+    /// Returns once this process's copy has dropped every entry that the
+    /// writes made before this call replaced: Redis queues a key's
+    /// invalidation on the reading connection as it runs the write, so a
+    /// `PING` sent there afterwards is answered behind it. A consumer calls
+    /// this before acknowledging, so that once an event is acknowledged no
+    /// read of this process serves the version it replaced. A failure is
+    /// logged and ignored: a reconnect discards the whole copy.
+    pub async fn sync_local_copy(&self) {
+        if !self.local_copy {
+            return;
+        }
+        let pinged: redis::RedisResult<()> = redis::cmd("PING")
+            .query_async(&mut self.reads.clone())
+            .await;
+        if let Err(error) = pinged {
+            tracing::debug!(
+                error = format!("{error:#}"),
+                "cannot sync the local cache copy"
+            );
+        }
     }
 
     fn key(&self, id: &BookId) -> String {

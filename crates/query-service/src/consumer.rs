@@ -432,6 +432,9 @@ impl Consumer {
             .into_iter()
             .filter_map(|(key, outcome)| outcome.err().map(|error| (key, error)))
             .collect();
+        // Before acknowledging: this process's reads no longer show what
+        // the batch replaced.
+        self.projector.cache.sync_local_copy().await;
         let outcomes = applied.into_iter().map(|(id, fields, outcome, summaries)| {
             let outcome = match summaries.iter().find_map(|(key, _)| failed.get(key)) {
                 Some(error) if matches!(outcome, Outcome::Done) => {

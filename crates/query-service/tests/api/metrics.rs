@@ -6,6 +6,8 @@
 //! Counters are shared by every test of this binary: each test compares
 //! before and after, and expects at least its own share.
 
+use std::time::Duration;
+
 use domain::BookEvent;
 use test_support::{eventually, metrics::Scrape, redis_connection, TcpProxy};
 
@@ -130,7 +132,22 @@ async fn cache_hits_and_misses_are_counted() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(app.get_book(book.id.as_str()).await.status(), 200);
+    // Once Redis's invalidation reaches this process's copy, a read misses
+    // and refills the entry.
+    eventually(
+        "a miss refilling the entry",
+        Duration::from_secs(5),
+        || async {
+            assert_eq!(app.get_book(book.id.as_str()).await.status(), 200);
+            let refilled: bool = redis::cmd("EXISTS")
+                .arg(app.cache_key(book.id.as_str()))
+                .query_async(&mut app.redis.clone())
+                .await
+                .unwrap();
+            refilled.then_some(())
+        },
+    )
+    .await;
 
     let after = scrape(&app).await;
     let grew = |result: &str| {
