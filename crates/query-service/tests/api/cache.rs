@@ -246,7 +246,10 @@ async fn a_hot_book_is_answered_from_the_process_memory() {
 
     // The first read asked Redis; the next two did not.
     let (hits_after, _) = local_copy(&app).await;
-    assert!(hits_after - hits_before >= 2.0, "{hits_before} -> {hits_after}");
+    assert!(
+        hits_after - hits_before >= 2.0,
+        "{hits_before} -> {hits_after}"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +260,10 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
     app.publish(&BookEvent::created(&book, None)).await;
     app.wait_until_consumed().await;
     for _ in 0..2 {
-        assert_eq!(app.get_book(book.id.as_str()).await.headers()["etag"], "\"1\"");
+        assert_eq!(
+            app.get_book(book.id.as_str()).await.headers()["etag"],
+            "\"1\""
+        );
     }
     let (_, invalidations_before) = local_copy(&app).await;
 
@@ -275,10 +281,14 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
 
     // Well within the copy's own expiry (30 s): only Redis's invalidation
     // can make this pass.
-    let served = eventually("the newer version served", Duration::from_secs(5), || async {
-        let response = app.get_book(book.id.as_str()).await;
-        (response.headers()["etag"] == "\"2\"").then_some(response)
-    })
+    let served = eventually(
+        "the newer version served",
+        Duration::from_secs(5),
+        || async {
+            let response = app.get_book(book.id.as_str()).await;
+            (response.headers()["etag"] == "\"2\"").then_some(response)
+        },
+    )
     .await;
     assert_eq!(served.text().await.unwrap(), r#"{"title":"After"}"#);
     let (_, invalidations_after) = local_copy(&app).await;
