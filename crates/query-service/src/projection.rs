@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use domain::{Book, BookEvent, BookId, EventType};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{options::ReturnDocument, Collection, Database, IndexModel};
 use platform::mongo::{is_duplicate_key, GuardedWrites};
 use platform::{
     document::{object_id, BookDocument, StoredBook},
@@ -58,6 +58,17 @@ pub struct ReadModel {
     writes: GuardedWrites,
 }
 
+impl TryFrom<BookRecord> for Record {
+    type Error = platform::document::CorruptBook;
+
+    fn try_from(record: BookRecord) -> Result<Self, Self::Error> {
+        Ok(Record {
+            current: record.book.into_stored()?,
+            author_keys: record.author_keys,
+        })
+    }
+}
+
 /// The version of a stored book.
 #[derive(Debug, Deserialize)]
 struct Version {
@@ -84,8 +95,15 @@ impl ReadModel {
 
     /// The read model of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
+        let writes = GuardedWrites::detect(generation.database());
+        Self::with_writes(generation, writes)
+    }
+
+    /// The read model of `generation`, guarding its writes as `writes` says
+    /// rather than as the server's kind would.
+    pub fn with_writes(generation: ActiveGeneration, writes: GuardedWrites) -> Self {
         Self {
-            writes: GuardedWrites::detect(generation.database()),
+            writes,
             generation,
             locks: Arc::default(),
         }
@@ -158,9 +176,10 @@ impl ReadModel {
         Ok(keys.into_iter().collect())
     }
 
-    /// Applies `event` if it is newer than what the read model holds.
+    /// Applies `event` if it is newer than what the read model holds;
+    /// returns what it did, and when it wrote, the document as written.
     #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
-    pub async fn apply(&self, event: &BookEvent) -> mongodb::error::Result<Applied> {
+    pub async fn apply(&self, event: &BookEvent) -> anyhow::Result<(Applied, Option<Record>)> {
         let id = object_id(&event.book_id);
         let version = i64::try_from(event.version).unwrap_or(i64::MAX);
         let update = match (&event.event_type, &event.book) {
@@ -197,65 +216,69 @@ impl ReadModel {
                 }
             }
         };
-        let books = self.books();
+        let books = self.books().clone_with_type::<BookRecord>();
         let writes = self.writes.clone();
         let locked = self.locks.lock(&id).await;
         // To its end even if the apply times out (see `finish_locked`).
-        finish_locked(locked, async move {
-            // What is stored, looked up by `_id`: a duplicate or an older
-            // event (a redelivery, a replay) costs no write.
-            let stored = books
-                .clone_with_type::<Version>()
-                .find_one(doc! { "_id": id })
-                .projection(doc! { "_id": 0, "version": 1 })
-                .await?;
-            if stored.is_some_and(|stored| stored.version >= version) {
-                return Ok(Applied::Stale);
+        let (applied, written) = finish_locked(locked, async move {
+            // Where the filter below cannot hold the version condition
+            // (FerretDB), the version stored, looked up by `_id`, guards the
+            // write; a duplicate or an older event then costs no write
+            // either. On MongoDB the filter guards it in the same statement.
+            if !writes.in_filter().await? {
+                let stored = books
+                    .clone_with_type::<Version>()
+                    .find_one(doc! { "_id": id })
+                    .projection(doc! { "_id": 0, "version": 1 })
+                    .await?;
+                if stored.is_some_and(|stored| stored.version >= version) {
+                    return Ok((Applied::Stale, None));
+                }
             }
             // Matches only an older version. When the book is absent the
             // upsert inserts it. When the insert collides on _id, the book
             // exists (another replica applied a version meanwhile): try once
             // more as a plain guarded update, which matches only if what is
-            // stored is still older.
+            // stored is still older. The write answers with the document it
+            // left, so nothing needs to read it again.
             let filter = writes
                 .filter(id, doc! { "version": { "$lt": version } })
                 .await?;
-            match books
-                .update_one(filter.clone(), update.clone())
+            let written = match books
+                .find_one_and_update(filter.clone(), update.clone())
                 .upsert(true)
+                .return_document(ReturnDocument::After)
                 .await
             {
-                Ok(_) => Ok(Applied::Written),
+                Ok(written) => written,
                 Err(error) if is_duplicate_key(&error) => {
-                    let result = books.update_one(filter, update).await?;
-                    Ok(if result.matched_count == 1 {
-                        Applied::Written
-                    } else {
-                        Applied::Stale
-                    })
+                    books
+                        .find_one_and_update(filter, update)
+                        .return_document(ReturnDocument::After)
+                        .await?
                 }
-                Err(error) => Err(error),
-            }
+                Err(error) => return Err(error),
+            };
+            Ok(match written {
+                Some(record) => (Applied::Written, Some(record)),
+                None => (Applied::Stale, None),
+            })
         })
-        .await
+        .await?;
+        let record = written.map(Record::try_from).transpose()?;
+        Ok((applied, record))
     }
 
     /// The document of a book, live or deleted; `None` when unknown.
     #[tracing::instrument(skip(self))]
     pub async fn find(&self, id: &BookId) -> anyhow::Result<Option<Record>> {
         let object_id = ObjectId::parse_str(id.as_str())?;
-        let Some(record) = self
+        let record = self
             .books()
             .clone_with_type::<BookRecord>()
             .find_one(doc! { "_id": object_id })
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Record {
-            current: record.book.into_stored()?,
-            author_keys: record.author_keys,
-        }))
+            .await?;
+        Ok(record.map(Record::try_from).transpose()?)
     }
 
     /// The `{_id, version}` of every book, live or deleted, in `_id` order.

@@ -40,14 +40,18 @@ impl Projector {
     /// consumer does once per batch for all its events.
     #[tracing::instrument(skip_all, fields(book_id = %event.book_id, version = event.version))]
     pub async fn apply_book(&self, event: &BookEvent) -> anyhow::Result<(Applied, Vec<String>)> {
-        let applied = self.read_model.apply(event).await?;
+        let (applied, written) = self.read_model.apply(event).await?;
         // Whether written or stale, what counts is what the read model holds
-        // now: never the (possibly older) event's own state.
-        let Some(record) = self.read_model.find(&event.book_id).await? else {
-            anyhow::bail!(
-                "book {} is missing right after its event was applied",
-                event.book_id
-            );
+        // now: never the (possibly older) event's own state. A write answered
+        // with it; a stale event reads it.
+        let record = match written {
+            Some(record) => record,
+            None => self.read_model.find(&event.book_id).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "book {} is missing right after its event was applied",
+                    event.book_id
+                )
+            })?,
         };
         // The cache first: a summary that fails to converge must not keep
         // reads of the book itself behind.

@@ -4,6 +4,7 @@ mod authors;
 mod books;
 mod cache;
 mod consumer;
+mod guarded_writes;
 mod health;
 mod helpers;
 mod list;
