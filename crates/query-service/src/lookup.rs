@@ -42,6 +42,15 @@ impl BookLookup {
         self.look_up(id, CacheRead::Fresh).await
     }
 
+    /// What Redis's cache holds of the book now, without the read model;
+    /// `None` on a miss, and when Redis cannot be read (logged).
+    pub async fn cached(&self, id: &BookId) -> Option<Cached> {
+        self.cache.get_fresh(id).await.unwrap_or_else(|error| {
+            tracing::warn!(error = format!("{error:#}"), "cache unreadable");
+            None
+        })
+    }
+
     async fn look_up(&self, id: &BookId, read: CacheRead) -> anyhow::Result<Option<Cached>> {
         let cached = match read {
             CacheRead::Local => self.cache.get(id).await,

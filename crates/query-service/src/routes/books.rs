@@ -29,9 +29,11 @@ use crate::{
     state::AppState,
 };
 
-/// How often a read waiting for a version looks again, besides after each
-/// batch of the local consumer: another replica may apply the event.
+/// How soon a read waiting for a version looks again, besides after each
+/// batch of the local consumer: another replica may apply the event. The
+/// wait doubles after each such look, up to `RECHECK_AT_MOST`.
 const RECHECK_EVERY: Duration = Duration::from_millis(25);
+const RECHECK_AT_MOST: Duration = Duration::from_millis(200);
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -251,8 +253,15 @@ async fn get_book(
 }
 
 /// The book once it is at version `min` or later (or deleted at such a
-/// version), looking again after each batch of the local consumer and every
-/// `RECHECK_EVERY`; a 503 not-caught-up problem after `timeout`.
+/// version); a 503 not-caught-up problem after `timeout`.
+///
+/// The first look reads the cache, then the read model. Later looks, after
+/// each batch of the local consumer and on a timer backing off from
+/// `RECHECK_EVERY` to `RECHECK_AT_MOST` (another replica may apply the
+/// event), read the cache alone: a consumer writes it before acknowledging,
+/// so many readers waiting on a consumer that is behind cost Redis reads,
+/// not MongoDB reads the consumer needs. A last look at the deadline reads
+/// the read model again, for an entry Redis evicted.
 async fn wait_for_version(
     lookup: &BookLookup,
     id: &BookId,
@@ -261,16 +270,19 @@ async fn wait_for_version(
     mut batches: tokio::sync::watch::Receiver<u64>,
 ) -> Result<Option<Cached>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // Marked seen before looking, so a batch that ends while we look
-        // wakes the wait below at once.
-        batches.borrow_and_update();
-        let entry = lookup.latest(id).await.map_err(store_error)?;
-        let version = entry.as_ref().map(Cached::version);
-        if version.is_some_and(|v| v >= min) {
-            return Ok(entry);
-        }
+    let caught_up = |entry: &Option<Cached>| entry.as_ref().is_some_and(|e| e.version() >= min);
+    // Marked seen before looking, so a batch that ends while we look wakes
+    // the wait below at once.
+    batches.borrow_and_update();
+    let mut entry = lookup.latest(id).await.map_err(store_error)?;
+    let mut recheck = RECHECK_EVERY;
+    while !caught_up(&entry) {
         if tokio::time::Instant::now() >= deadline {
+            entry = lookup.latest(id).await.map_err(store_error)?;
+            if caught_up(&entry) {
+                break;
+            }
+            let version = entry.as_ref().map(Cached::version);
             return Err(Problem::new(
                 ProblemKind::NotCaughtUp,
                 format!(
@@ -291,8 +303,18 @@ async fn wait_for_version(
         };
         tokio::select! {
             () = batch_done => {}
-            () = tokio::time::sleep(RECHECK_EVERY) => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(recheck) => recheck = (recheck * 2).min(RECHECK_AT_MOST),
+            () = tokio::time::sleep_until(deadline) => continue,
+        }
+        batches.borrow_and_update();
+        if let Some(cached) = lookup.cached(id).await {
+            if entry
+                .as_ref()
+                .is_none_or(|held| cached.version() > held.version())
+            {
+                entry = Some(cached);
+            }
         }
     }
+    Ok(entry)
 }
