@@ -3,8 +3,11 @@
 //! listeners), then clears it from its book's outbox.
 //!
 //! New events arrive through a channel from the request that wrote them and
-//! go out at once, batched into one Redis pipeline; their outboxes are
-//! cleared in the background, so the next batch does not wait for MongoDB.
+//! go out at once, batched into one Redis pipeline. Their outboxes are
+//! cleared by a task of their own, a few batches at a time: publication
+//! never waits for MongoDB, whose writes (one per book) are the slow part.
+//! Until its clear is done, a book is "uncleared": the sweep leaves it
+//! alone rather than publish its events a second time.
 //! A periodic sweep finds whatever is still pending: events of a process that
 //! crashed, events that could not be published while Redis was down, events
 //! dropped when the channel was full. A crash between the append and the
@@ -18,9 +21,10 @@
 //! once.
 
 use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
@@ -29,10 +33,11 @@ use tokio::time::Instant;
 
 use bson::oid::ObjectId;
 use chrono::Utc;
+use futures::StreamExt;
 use platform::lease::Lease;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -53,6 +58,10 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 const IDLE_SWEEP_FACTOR: u32 = 16;
 /// Batches of published events whose outboxes are cleared at once.
 const CONCURRENT_CLEARS: usize = 4;
+/// Books published and waiting for their clear, at most. Past this, what is
+/// published is not queued for clearing: it stays pending, and the sweep
+/// sends it again (a duplicate, harmless) and clears it then.
+const MAX_UNCLEARED: usize = 65_536;
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -111,8 +120,8 @@ pub struct Relay {
     sweep_interval: Duration,
     receiver: mpsc::Receiver<Outgoing>,
     lease: Lease,
-    /// One permit per clear of published events running in the background.
-    clears: Arc<Semaphore>,
+    /// Published events waiting for their outbox to be cleared.
+    clears: Clears,
     /// Set when an event was left to the sweep (the channel was full, it
     /// waited past the grace, or publishing failed): the next sweep comes
     /// soon, however long the sweeps have found nothing.
@@ -145,7 +154,7 @@ impl Relay {
             sweep_interval,
             receiver,
             lease,
-            clears: Arc::new(Semaphore::new(CONCURRENT_CLEARS)),
+            clears: Clears::default(),
             missed: Arc::clone(&missed),
             // Below the lease, so that the holder keeps it between sweeps.
             idle_max: (sweep_interval * IDLE_SWEEP_FACTOR)
@@ -170,6 +179,13 @@ impl Relay {
         // started, however recent; later ones what is older than the grace.
         let mut cutoff = Cutoff::Before(Utc::now());
         let mut batch = Vec::with_capacity(BATCH);
+        let (clear_queue, clear_requests) = mpsc::unbounded_channel();
+        let clearing = tokio::spawn(clear_published(
+            self.store.clone(),
+            self.clears.clone(),
+            clear_requests,
+        ));
+        self.clears.queue = Some(clear_queue);
         while !shutdown.is_cancelled() {
             // Not biased: a sweep taking a backlog one batch at a time and a
             // steady stream of new events take turns, so neither starves
@@ -222,7 +238,13 @@ impl Relay {
                 break;
             }
         }
-        self.clears_done().await;
+        // The clears queued so far run to their end (the process's stop
+        // timeout bounds them); what they miss is sent again at the next
+        // start.
+        self.clears.queue = None;
+        if let Err(error) = clearing.await {
+            tracing::error!(%error, "the outbox clearing task failed");
+        }
         // Another replica need not wait for the lease to expire.
         self.lease.release(&mut self.redis).await;
         tracing::info!("outbox relay stopped");
@@ -257,50 +279,40 @@ impl Relay {
                 events: vec![o.json],
             })
             .collect();
-        // Cleared in the background, a few batches at a time, so the next
-        // events go out without waiting for MongoDB; an event whose clear
-        // fails stays pending and is sent again by the sweep.
-        let permit = Arc::clone(&self.clears)
-            .acquire_owned()
-            .await
-            .expect("the clear permits are never closed");
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.clear(&published).await {
-                tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
-            }
-            drop(permit);
-        });
+        self.clears.enqueue(published);
         Ok(())
     }
 
-    /// Waits for the clears running in the background.
-    async fn clears_done(&self) {
-        let _all = self
-            .clears
-            .acquire_many(CONCURRENT_CLEARS as u32)
-            .await
-            .expect("the clear permits are never closed");
-    }
-
     /// Publishes one batch of the events pending since before the cutoff,
-    /// oldest first, if this replica holds the lease (renewed before each
-    /// batch, so a long backlog is not swept by two replicas at once).
+    /// oldest first, but for books whose clear is queued, if this replica
+    /// holds the lease (renewed before each batch, so a long backlog is not
+    /// swept by two replicas at once).
     async fn sweep_batch(&mut self, cutoff: Cutoff) -> anyhow::Result<Swept> {
         if !self.lease.hold(&mut self.redis).await? {
             return Ok(Swept::default());
         }
-        // What the immediate path published is cleared first, so the sweep
-        // does not send it again.
-        self.clears_done().await;
         let cutoff = match cutoff {
             Cutoff::Before(at) => at,
             Cutoff::OlderThan(grace) => Utc::now() - grace,
         };
-        let pending = self.store.pending(cutoff, BATCH as i64).await?;
-        let full = pending.len() == BATCH;
+        // Books whose clear was queued were published already: those queued
+        // now, and those queued before the read, whose clear may have ended
+        // since but after the read saw their outbox.
+        let queued_before: HashSet<ObjectId> = self.clears.uncleared().keys().copied().collect();
+        let found = self.store.pending(cutoff, BATCH as i64).await?;
+        let pending: Vec<PendingBook> = {
+            let uncleared = self.clears.uncleared();
+            found
+                .iter()
+                .filter(|p| !uncleared.contains_key(&p.id) && !queued_before.contains(&p.id))
+                .cloned()
+                .collect()
+        };
+        // Full when more may be waiting beyond what was found, and not
+        // merely a page of books still being cleared.
+        let full = found.len() == BATCH && !pending.is_empty();
         if pending.is_empty() {
-            return Ok(Swept::default());
+            return Ok(Swept { events: 0, full });
         }
         let events: Vec<(&str, &str)> = pending
             .iter()
@@ -319,7 +331,7 @@ impl Relay {
             .into_iter()
             .map(PendingBook::into_published)
             .collect();
-        self.store.clear(&published).await?;
+        self.clears.enqueue(published);
         tracing::info!(events = count, "published events left pending");
         Ok(Swept {
             events: count,
@@ -338,6 +350,82 @@ impl Relay {
             pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
         }
         pipe.query_async::<()>(&mut self.redis).await
+    }
+}
+
+/// The queue of published events whose outboxes are to be cleared, and
+/// the books it holds.
+#[derive(Clone, Default)]
+struct Clears {
+    queue: Option<mpsc::UnboundedSender<Vec<Published>>>,
+    /// Queued clears per book.
+    uncleared: Arc<Mutex<HashMap<ObjectId, usize>>>,
+}
+
+impl Clears {
+    fn uncleared(&self) -> MutexGuard<'_, HashMap<ObjectId, usize>> {
+        self.uncleared.lock().expect("never poisoned")
+    }
+
+    /// Queues the clear of `published`; past `MAX_UNCLEARED` books (or
+    /// once stopping), leaves it to the sweep.
+    fn enqueue(&self, published: Vec<Published>) {
+        let Some(queue) = &self.queue else { return };
+        {
+            let mut uncleared = self.uncleared();
+            if uncleared.len() >= MAX_UNCLEARED {
+                tracing::debug!("too many outboxes to clear; the sweep will send these again");
+                return;
+            }
+            for p in &published {
+                *uncleared.entry(p.id).or_default() += 1;
+            }
+        }
+        if let Err(mpsc::error::SendError(published)) = queue.send(published) {
+            self.done(&published);
+        }
+    }
+
+    fn done(&self, published: &[Published]) {
+        let mut uncleared = self.uncleared();
+        for p in published {
+            if let Entry::Occupied(mut queued) = uncleared.entry(p.id) {
+                *queued.get_mut() -= 1;
+                if *queued.get() == 0 {
+                    queued.remove();
+                }
+            }
+        }
+    }
+}
+
+/// Clears what `requests` brings, up to `CONCURRENT_CLEARS` batches of
+/// `BATCH` books at once, until the relay drops its end and the queue is
+/// empty. A clear that fails leaves the events pending: the sweep sends
+/// them again.
+async fn clear_published(
+    store: BookStore,
+    clears: Clears,
+    mut requests: mpsc::UnboundedReceiver<Vec<Published>>,
+) {
+    let mut received = Vec::new();
+    while requests
+        .recv_many(&mut received, CONCURRENT_CLEARS * 16)
+        .await
+        > 0
+    {
+        let books: Vec<Published> = received.drain(..).flatten().collect();
+        futures::stream::iter(books.chunks(BATCH))
+            .for_each_concurrent(CONCURRENT_CLEARS, |chunk| {
+                let (store, clears) = (&store, &clears);
+                async move {
+                    if let Err(error) = store.clear(chunk).await {
+                        tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
+                    }
+                    clears.done(chunk);
+                }
+            })
+            .await;
     }
 }
 
