@@ -1,15 +1,11 @@
 //! Connections to MongoDB and Redis with bounded timeouts, so that a server
 //! that is down makes a request fail fast instead of hang.
 
-use std::{fmt, num::NonZeroUsize, time::Duration};
+use std::{fmt, time::Duration};
 
 use anyhow::Context;
 use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
-use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    caching::{CacheConfig, CacheMode},
-    ProtocolVersion,
-};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A connection URL that may hold a password: its `Debug` and `Display`
 /// forms hide the credentials, so settings can be logged safely.
@@ -79,6 +75,17 @@ pub fn redis_client(url: &RedactedUrl) -> anyhow::Result<redis::Client> {
     redis::Client::open(url.expose()).with_context(|| format!("invalid REDIS_URL {url}"))
 }
 
+/// `client`, speaking RESP3 (which server pushes, such as the
+/// invalidations of client-side caching, need).
+pub fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// A multiplexed Redis connection that connects on first use, reconnects by
 /// itself, and bounds every command by `timeout`. Redis being down at start
 /// is therefore not an error: commands fail until it is back.
@@ -86,48 +93,12 @@ pub fn redis_manager(
     client: &redis::Client,
     timeout: Duration,
 ) -> redis::RedisResult<ConnectionManager> {
-    ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
-}
-
-/// The longest a key stays in the in-process copy of
-/// [`redis_near_cache_manager`] without being asked from Redis again.
-pub const NEAR_CACHE_TTL: Duration = Duration::from_secs(30);
-
-fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
+    let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500))
-}
-
-/// Like [`redis_manager`], but the commands that opt in (see
-/// `redis::Cmd::set_cache_config`) are answered from an in-process copy of
-/// up to `entries` keys, kept coherent by Redis itself: the connection
-/// speaks RESP3 and has key tracking on, so Redis pushes an invalidation
-/// for every key of the copy that anyone changes, expires or flushes. A
-/// reconnect discards the whole copy, since invalidations may have been
-/// missed meanwhile, and each key is asked again after at most
-/// `NEAR_CACHE_TTL`, which bounds how long an invalidation lost without the
-/// socket closing (a silent network cut) can leave the copy behind.
-pub fn redis_near_cache_manager(
-    client: &redis::Client,
-    timeout: Duration,
-    entries: NonZeroUsize,
-) -> redis::RedisResult<ConnectionManager> {
-    let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
-    let config = manager_config(timeout).set_cache_config(
-        CacheConfig::new()
-            .set_mode(CacheMode::OptIn)
-            .set_size(entries)
-            .set_default_client_ttl(NEAR_CACHE_TTL),
-    );
-    ConnectionManager::new_lazy_with_config(client, config)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 #[cfg(test)]

@@ -8,20 +8,21 @@
 //! entry forward: the cache never goes back to an older version than one it
 //! showed.
 //!
-//! Reads may go through a connection with Redis's client-side caching
-//! (`platform::connect::redis_near_cache_manager`): a hot book is then
-//! answered from the process's memory, and Redis invalidates that copy as
-//! soon as any writer changes the key. The consumer that wrote a key waits
-//! for its own process's invalidation before acknowledging
+//! Reads may be answered from the process's own copy of hot entries
+//! (`local_copy`), which Redis keeps coherent: it invalidates the copy's
+//! entry as soon as any writer changes the key. The consumer that wrote a
+//! key waits for its own process's invalidation before acknowledging
 //! (`sync_local_copy`); another process's copy may show the replaced
 //! version for as long as the invalidation takes to arrive.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::body::Bytes;
 use domain::BookId;
 use platform::document::StoredBook;
-use redis::{aio::ConnectionManager, CommandCacheConfig, Script};
+
+use crate::local_copy::LocalCopy;
+use redis::{aio::ConnectionManager, Script, Value};
 
 /// KEYS[1]: the book's key. ARGV: version, TTL in seconds, then the field
 /// (`body` or `gone`) and its value.
@@ -68,52 +69,44 @@ impl From<&StoredBook> for Cached {
 #[derive(Clone)]
 pub struct BookCache {
     redis: ConnectionManager,
-    /// Where `get` reads: `redis`, or a connection with client-side caching.
-    reads: ConnectionManager,
-    /// Whether `reads` keeps a copy (is not `redis`).
-    local_copy: bool,
+    /// The process's copy of hot entries, if it keeps one.
+    local: Option<Arc<LocalCopy>>,
     prefix: String,
     ttl: Duration,
     put_if_newer: Script,
 }
 
+const FIELDS: [&str; 3] = ["v", "body", "gone"];
+
 impl BookCache {
     pub fn new(redis: ConnectionManager, prefix: String, ttl: Duration) -> Self {
         Self {
-            reads: redis.clone(),
-            local_copy: false,
             redis,
+            local: None,
             prefix,
             ttl,
             put_if_newer: Script::new(PUT_IF_NEWER),
         }
     }
 
-    /// The same cache, read through `reads` (writes stay on the first
-    /// connection, which tracks nothing).
-    pub fn reading_through(self, reads: ConnectionManager) -> Self {
+    /// The same cache, with reads answered from `local` when it holds the
+    /// entry.
+    pub fn with_local_copy(self, local: Arc<LocalCopy>) -> Self {
         Self {
-            reads,
-            local_copy: true,
+            local: Some(local),
             ..self
         }
     }
 
     /// Returns once this process's copy has dropped every entry that the
-    /// writes made before this call replaced: Redis queues a key's
-    /// invalidation on the reading connection as it runs the write, so a
-    /// `PING` sent there afterwards is answered behind it. A consumer calls
-    /// this before acknowledging, so that once an event is acknowledged no
-    /// read of this process serves the version it replaced. A failure is
-    /// logged and ignored: a reconnect discards the whole copy.
+    /// writes made before this call replaced (see `LocalCopy::sync`). A
+    /// consumer calls this before acknowledging, so that once an event is
+    /// acknowledged no read of this process serves the version it
+    /// replaced. A failure is logged and ignored: a lost connection empties
+    /// the copy.
     pub async fn sync_local_copy(&self) {
-        if !self.local_copy {
-            return;
-        }
-        let pinged: redis::RedisResult<()> = redis::cmd("PING")
-            .query_async(&mut self.reads.clone())
-            .await;
-        if let Err(error) = pinged {
+        let Some(local) = &self.local else { return };
+        if let Err(error) = local.sync().await {
             tracing::debug!(
                 error = format!("{error:#}"),
                 "cannot sync the local cache copy"
@@ -125,42 +118,40 @@ impl BookCache {
         format!("{}{id}", self.prefix)
     }
 
-    /// The entry of book `id`; `None` on a miss. May be answered from the
-    /// process's copy, which an invalidation in flight can leave one
-    /// change behind for an instant.
+    /// The entry of book `id`; `None` on a miss. Answered from the
+    /// process's copy when it holds the entry.
     #[tracing::instrument(skip(self))]
     pub async fn get(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        let mut command = self.hmget(id);
-        command.set_cache_config(CommandCacheConfig::new());
-        Ok(Self::entry(
-            command.query_async(&mut self.reads.clone()).await?,
-        ))
+        match &self.local {
+            Some(local) => local.hmget(&self.key(id), &FIELDS, Self::entry).await,
+            None => self.get_fresh(id).await,
+        }
     }
 
     /// The entry of book `id` as Redis holds it now, never from the
     /// process's copy: for a reader waiting for a version.
     #[tracing::instrument(skip(self))]
     pub async fn get_fresh(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        Ok(Self::entry(
-            self.hmget(id).query_async(&mut self.redis.clone()).await?,
-        ))
+        let answer = redis::cmd("HMGET")
+            .arg(self.key(id))
+            .arg(&FIELDS)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Self::entry(answer)
     }
 
-    fn hmget(&self, id: &BookId) -> redis::Cmd {
-        let mut command = redis::cmd("HMGET");
-        command.arg(self.key(id)).arg("v").arg("body").arg("gone");
-        command
-    }
-
-    fn entry((version, body, gone): (Option<u64>, Option<Vec<u8>>, Option<u8>)) -> Option<Cached> {
-        match (version, body, gone) {
+    /// An entry from the answer to `HMGET key v body gone`.
+    fn entry(answer: Value) -> redis::RedisResult<Option<Cached>> {
+        let (version, body, gone): (Option<u64>, Option<Vec<u8>>, Option<u8>) =
+            redis::from_redis_value(answer)?;
+        Ok(match (version, body, gone) {
             (Some(version), Some(body), _) => Some(Cached::Book {
                 version,
                 body: Bytes::from(body),
             }),
             (Some(version), None, Some(_)) => Some(Cached::Gone { version }),
             _ => None,
-        }
+        })
     }
 
     /// Stores `entry` unless the cache already holds its version or a newer

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod generation;
 pub mod listing;
+pub mod local_copy;
 pub mod lookup;
 pub mod metrics;
 pub mod projection;

@@ -1,8 +1,7 @@
 //! What query-service counts: events read from the stream, applied,
 //! skipped as stale, failed and dead-lettered, and cache lookups; and, read
-//! at each scrape, the consumer group's lag and pending count, whether
-//! this replica's consumer runs, and what the in-process copy of the cache
-//! answered.
+//! at each scrape, the consumer group's lag and pending count and whether
+//! this replica's consumer runs.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -18,11 +17,11 @@ const STALE: &str = "books_events_stale_total";
 const FAILED: &str = "books_events_failed_total";
 const DEAD_LETTERED: &str = "books_events_dead_lettered_total";
 const CACHE_LOOKUPS: &str = "books_cache_lookups_total";
+const LOCAL_HITS: &str = "books_cache_local_hits_total";
+const LOCAL_INVALIDATIONS: &str = "books_cache_local_invalidations_total";
 const GROUP_LAG: &str = "books_consumer_group_lag";
 const GROUP_PENDING: &str = "books_consumer_group_pending";
 const CONSUMER_UP: &str = "books_consumer_up";
-const LOCAL_HITS: &str = "books_cache_local_hits";
-const LOCAL_INVALIDATIONS: &str = "books_cache_local_invalidations";
 
 /// How long a scrape waits for Redis before leaving the group's figures out.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,6 +49,14 @@ pub fn install() {
     metrics::describe_counter!(
         CACHE_LOOKUPS,
         "Reads of one book from the Redis cache, by result: hit, miss (read from MongoDB) or error (Redis unreadable; read from MongoDB)"
+    );
+    metrics::describe_counter!(
+        LOCAL_HITS,
+        "Cache hits answered from this process's own copy of the cache, without asking Redis"
+    );
+    metrics::describe_counter!(
+        LOCAL_INVALIDATIONS,
+        "Invalidations Redis pushed to this process's copy of the cache (a key it holds changed, expired or was flushed)"
     );
 }
 
@@ -123,18 +130,26 @@ pub fn cache_lookup(result: CacheResult) {
     metrics::counter!(CACHE_LOOKUPS, "result" => result).increment(1);
 }
 
-/// Reads, at each scrape, the consumer group's figures (XINFO GROUPS),
-/// whether this replica's consumer runs, and the statistics of the cache
-/// reads' connection when it keeps an in-process copy.
-pub struct ReadSide {
+/// A cache hit came from the process's own copy.
+pub fn local_copy_hit() {
+    metrics::counter!(LOCAL_HITS).increment(1);
+}
+
+/// Redis invalidated keys of the process's copy.
+pub fn local_copy_invalidated() {
+    metrics::counter!(LOCAL_INVALIDATIONS).increment(1);
+}
+
+/// Reads, at each scrape, the consumer group's figures (XINFO GROUPS) and
+/// whether this replica's consumer runs.
+pub struct ConsumerGroup {
     pub redis: ConnectionManager,
     pub stream: String,
     pub group: String,
     pub consumer: WorkerStatus,
-    pub cache_reads: ConnectionManager,
 }
 
-impl ReadSide {
+impl ConsumerGroup {
     /// The group's lag (`None` when Redis cannot tell, e.g. after entries
     /// were deleted from the middle of the stream) and pending count.
     async fn figures(&self) -> anyhow::Result<(Option<usize>, usize)> {
@@ -155,7 +170,7 @@ impl ReadSide {
     }
 }
 
-impl Collector for ReadSide {
+impl Collector for ConsumerGroup {
     fn collect(&self) -> Pin<Box<dyn Future<Output = Vec<Gauge>> + Send + '_>> {
         Box::pin(async move {
             let mut gauges = vec![Gauge {
@@ -163,18 +178,6 @@ impl Collector for ReadSide {
                 help: "1 while this replica's consumer reads from the group, 0 before its first read and while its session fails",
                 value: if self.consumer.is_up() { 1.0 } else { 0.0 },
             }];
-            if let Some(local) = self.cache_reads.get_cache_statistics() {
-                gauges.push(Gauge {
-                    name: LOCAL_HITS,
-                    help: "Cache hits answered from this process's copy since its last reset (a reconnect to Redis resets it)",
-                    value: local.hit as f64,
-                });
-                gauges.push(Gauge {
-                    name: LOCAL_INVALIDATIONS,
-                    help: "Entries of this process's copy of the cache dropped because Redis reported them changed, or to make room, since its last reset",
-                    value: local.invalidate as f64,
-                });
-            }
             let (lag, pending) = match tokio::time::timeout(SCRAPE_TIMEOUT, self.figures()).await {
                 Ok(Ok(figures)) => figures,
                 Ok(Err(error)) => {

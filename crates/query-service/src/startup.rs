@@ -19,8 +19,9 @@ use crate::{
     config::Settings,
     consumer::Consumer,
     generation::ActiveGeneration,
+    local_copy::LocalCopy,
     lookup::BookLookup,
-    metrics::ReadSide,
+    metrics::ConsumerGroup,
     projection::ReadModel,
     projector::Projector,
     reconcile::{self, Reconciler},
@@ -60,20 +61,15 @@ impl Application {
 
         let redis_client = platform::connect::redis_client(&settings.redis_url)?;
         let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
-        let cache_reads = match NonZeroUsize::new(settings.cache_local_entries) {
-            Some(entries) => platform::connect::redis_near_cache_manager(
-                &redis_client,
-                settings.dependency_timeout,
-                entries,
-            )?,
-            None => redis.clone(),
-        };
-        let cache = BookCache::new(
+        let mut cache = BookCache::new(
             redis.clone(),
             settings.cache_prefix.clone(),
             settings.cache_ttl,
-        )
-        .reading_through(cache_reads.clone());
+        );
+        if let Some(entries) = NonZeroUsize::new(settings.cache_local_entries) {
+            let local = LocalCopy::new(&redis_client, settings.dependency_timeout, entries)?;
+            cache = cache.with_local_copy(Arc::new(local));
+        }
 
         let group_created = Arc::new(Notify::new());
         let reconciler = Reconciler {
@@ -127,12 +123,11 @@ impl Application {
             summaries,
             batches: batches_seen,
             read_your_writes_timeout: settings.read_your_writes_timeout,
-            scrape: Scrape::new(ReadSide {
+            scrape: Scrape::new(ConsumerGroup {
                 redis: redis.clone(),
                 stream: settings.stream.clone(),
                 group: settings.group.clone(),
                 consumer: consumer_status.clone(),
-                cache_reads,
             }),
             dependencies: Dependencies {
                 mongo: database,

@@ -215,7 +215,8 @@ async fn the_cache_only_ever_moves_to_a_higher_version() {
     assert!((1..=60).contains(&ttl), "{ttl}");
 }
 
-/// The figures the process's copy of the cache reports at a scrape.
+/// The process's copy's hits and invalidations so far (counted for every
+/// app of this test binary: other tests only add to them).
 async fn local_copy(app: &crate::helpers::TestApp) -> (f64, f64) {
     let scrape = Scrape::of(&app.http, &format!("http://{}", app.address)).await;
     let value = |name: &str| {
@@ -224,8 +225,8 @@ async fn local_copy(app: &crate::helpers::TestApp) -> (f64, f64) {
             .unwrap_or_else(|| panic!("no {name} in {}", scrape.text()))
     };
     (
-        value("books_cache_local_hits"),
-        value("books_cache_local_invalidations"),
+        value("books_cache_local_hits_total"),
+        value("books_cache_local_invalidations_total"),
     )
 }
 

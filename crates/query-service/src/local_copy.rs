@@ -1,0 +1,195 @@
+//! Each process's own copy of the hot entries of the Redis cache, kept
+//! coherent by Redis (server-assisted client-side caching): the copy reads
+//! through one RESP3 connection with key tracking on, so Redis pushes an
+//! invalidation on that connection for every key it read as soon as anyone
+//! changes, expires or flushes it.
+//!
+//! Why a value read from Redis is never kept after its invalidation: every
+//! invalidation (and every lost connection) advances a generation, and a
+//! value is stored only if the generation did not move while it was read.
+//! An invalidation handled after that check removes the value it finds
+//! (both under one lock). Invalidations are handled by the connection's
+//! reader itself, before it hands over any later reply: once a `PING` sent
+//! after a write is answered, the copy has dropped what that write replaced
+//! (`sync`).
+//!
+//! A lost connection empties the copy; the next read opens a new one. An
+//! entry is also asked again after `MAX_AGE`, which bounds how long a silent
+//! network cut (no invalidation, no closed socket) can keep it behind.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use lru::LruCache;
+use redis::{
+    aio::{MultiplexedConnection, SendError},
+    AsyncConnectionConfig, PushInfo, PushKind, Value,
+};
+
+use crate::{cache::Cached, metrics};
+
+/// The longest an entry is served without asking Redis again.
+pub const MAX_AGE: Duration = Duration::from_secs(30);
+
+pub struct LocalCopy {
+    client: redis::Client,
+    timeout: Duration,
+    shared: Arc<Shared>,
+    /// The tracking connection, with the count of lost connections when it
+    /// opened: it is lost too once that count moved.
+    connection: tokio::sync::Mutex<Option<(MultiplexedConnection, u64)>>,
+}
+
+struct Shared {
+    entries: Mutex<LruCache<Vec<u8>, (Cached, Instant)>>,
+    /// Advanced by every invalidation and every lost connection.
+    generation: AtomicU64,
+    /// Advanced by every lost connection: the current one is dead.
+    connection_lost: AtomicU64,
+}
+
+impl Shared {
+    fn entries(&self) -> MutexGuard<'_, LruCache<Vec<u8>, (Cached, Instant)>> {
+        self.entries.lock().expect("never poisoned")
+    }
+
+    /// Handles what Redis pushes on the tracking connection; runs in the
+    /// connection's reader, before it hands over any later reply.
+    fn pushed(&self, push: &PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                let mut entries = self.entries();
+                match push.data.first() {
+                    Some(Value::Array(keys)) => {
+                        for key in keys {
+                            if let Value::BulkString(key) = key {
+                                entries.pop(key.as_slice());
+                            }
+                        }
+                    }
+                    // FLUSHALL / FLUSHDB: every key at once.
+                    _ => entries.clear(),
+                }
+                metrics::local_copy_invalidated();
+            }
+            PushKind::Disconnection => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.connection_lost.fetch_add(1, Ordering::SeqCst);
+                self.entries().clear();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl LocalCopy {
+    /// A copy of up to `entries` keys, read through a connection of its own
+    /// to `client`'s server (opened on the first read), each command
+    /// bounded by `timeout`.
+    pub fn new(
+        client: &redis::Client,
+        timeout: Duration,
+        entries: NonZeroUsize,
+    ) -> redis::RedisResult<Self> {
+        Ok(Self {
+            client: platform::connect::resp3(client)?,
+            timeout,
+            shared: Arc::new(Shared {
+                entries: Mutex::new(LruCache::new(entries)),
+                generation: AtomicU64::new(0),
+                connection_lost: AtomicU64::new(0),
+            }),
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// `HMGET key fields...` answered from the copy when it holds `key`,
+    /// else from Redis (the answer is then kept, unless `key` changed
+    /// meanwhile). `parse` turns the answer into an entry; `None` (a miss)
+    /// is not kept.
+    pub async fn hmget(
+        &self,
+        key: &str,
+        fields: &[&str],
+        parse: impl FnOnce(Value) -> redis::RedisResult<Option<Cached>>,
+    ) -> redis::RedisResult<Option<Cached>> {
+        if let Some((entry, read_at)) = self.shared.entries().get(key.as_bytes()) {
+            if read_at.elapsed() < MAX_AGE {
+                metrics::local_copy_hit();
+                return Ok(Some(entry.clone()));
+            }
+        }
+        let mut connection = self.connection().await?;
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let read_at = Instant::now();
+        let answer: Value = redis::cmd("HMGET")
+            .arg(key)
+            .arg(fields)
+            .query_async(&mut connection)
+            .await?;
+        let entry = parse(answer)?;
+        if let Some(entry) = &entry {
+            let mut entries = self.shared.entries();
+            if self.shared.generation.load(Ordering::SeqCst) == generation {
+                entries.put(key.as_bytes().to_vec(), (entry.clone(), read_at));
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Returns once the copy has dropped every entry that writes made
+    /// before this call replaced: Redis queues an invalidation on the
+    /// tracking connection as it runs the write, so a `PING` sent there
+    /// afterwards is answered behind it. Without a connection there is no
+    /// copy to sync.
+    pub async fn sync(&self) -> redis::RedisResult<()> {
+        let Some((mut connection, _)) = self.connection.lock().await.clone() else {
+            return Ok(());
+        };
+        redis::cmd("PING").query_async(&mut connection).await
+    }
+
+    /// The tracking connection, opened (and tracking turned on) if there is
+    /// none or it was lost.
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut current = self.connection.lock().await;
+        let lost = self.shared.connection_lost.load(Ordering::SeqCst);
+        match current.as_ref() {
+            Some((connection, opened)) if *opened == lost => return Ok(connection.clone()),
+            _ => *current = None,
+        }
+        let shared = Arc::clone(&self.shared);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(move |push: PushInfo| {
+                shared.pushed(&push);
+                Ok::<(), SendError>(())
+            });
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async::<()>(&mut connection)
+            .await?;
+        // Lost again while tracking was turned on: try at the next read.
+        if self.shared.connection_lost.load(Ordering::SeqCst) != lost {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the cache's tracking connection was lost while it opened",
+            )));
+        }
+        *current = Some((connection.clone(), lost));
+        Ok(connection)
+    }
+}
