@@ -6,8 +6,10 @@
 //! go out at once, batched into one Redis pipeline. Their outboxes are
 //! cleared by a task of their own, a few batches at a time: publication
 //! never waits for MongoDB, whose writes (one per book) are the slow part.
-//! Until its clear is done, a book is "uncleared": the sweep leaves it
-//! alone rather than publish its events a second time.
+//! Until its clear is done, a book is "uncleared": this process's sweep
+//! leaves it alone rather than publish its events a second time. (With
+//! several replicas, the sweeping one may still send another replica's
+//! uncleared events again once they are past the grace: a duplicate.)
 //! A periodic sweep finds whatever is still pending: events of a process that
 //! crashed, events that could not be published while Redis was down, events
 //! dropped when the channel was full. A crash between the append and the
@@ -58,9 +60,10 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 const IDLE_SWEEP_FACTOR: u32 = 16;
 /// Batches of published events whose outboxes are cleared at once.
 const CONCURRENT_CLEARS: usize = 4;
-/// Books published and waiting for their clear, at most. Past this, what is
-/// published is not queued for clearing: it stays pending, and the sweep
-/// sends it again (a duplicate, harmless) and clears it then.
+/// Clears queued at most (one per published book). Past this, what the
+/// immediate path publishes is not queued: it stays pending, and the sweep
+/// sends it again (a duplicate, harmless) once the queue has room, and
+/// clears it then.
 const MAX_UNCLEARED: usize = 65_536;
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -81,6 +84,10 @@ struct Swept {
     events: usize,
     /// Whether the batch was full: more may be waiting.
     full: bool,
+    /// Whether pending books were left for their queued clears (or for
+    /// room in the clear queue): the next sweep comes at the base interval
+    /// rather than after an idle backoff.
+    waiting: bool,
 }
 
 /// A freshly written event, handed to the relay by the request that wrote it.
@@ -197,8 +204,8 @@ impl Relay {
                     next_sweep = match self.sweep_batch(cutoff).await {
                         // More is waiting: the next batch at once.
                         Ok(Swept { full: true, .. }) => Instant::now(),
-                        Ok(Swept { events, .. }) => {
-                            idle = if events == 0 {
+                        Ok(Swept { events, waiting, .. }) => {
+                            idle = if events == 0 && !waiting {
                                 (idle * 2).min(self.idle_max)
                             } else {
                                 self.sweep_interval
@@ -238,6 +245,8 @@ impl Relay {
                 break;
             }
         }
+        // Another replica need not wait for the lease to expire.
+        self.lease.release(&mut self.redis).await;
         // The clears queued so far run to their end (the process's stop
         // timeout bounds them); what they miss is sent again at the next
         // start.
@@ -245,8 +254,6 @@ impl Relay {
         if let Err(error) = clearing.await {
             tracing::error!(%error, "the outbox clearing task failed");
         }
-        // Another replica need not wait for the lease to expire.
-        self.lease.release(&mut self.redis).await;
         tracing::info!("outbox relay stopped");
     }
 
@@ -295,24 +302,38 @@ impl Relay {
             Cutoff::Before(at) => at,
             Cutoff::OlderThan(grace) => Utc::now() - grace,
         };
+        // What the sweep publishes must be queued for clearing, or the next
+        // sweep would find and send it again.
+        if self.clears.is_full() {
+            return Ok(Swept {
+                waiting: true,
+                ..Swept::default()
+            });
+        }
         // Books whose clear was queued were published already: those queued
         // now, and those queued before the read, whose clear may have ended
         // since but after the read saw their outbox.
-        let queued_before: HashSet<ObjectId> = self.clears.uncleared().keys().copied().collect();
+        let queued_before: HashSet<ObjectId> =
+            self.clears.uncleared().books.keys().copied().collect();
         let found = self.store.pending(cutoff, BATCH as i64).await?;
         let pending: Vec<PendingBook> = {
             let uncleared = self.clears.uncleared();
             found
                 .iter()
-                .filter(|p| !uncleared.contains_key(&p.id) && !queued_before.contains(&p.id))
+                .filter(|p| !uncleared.books.contains_key(&p.id) && !queued_before.contains(&p.id))
                 .cloned()
                 .collect()
         };
+        let waiting = pending.len() < found.len();
         // Full when more may be waiting beyond what was found, and not
         // merely a page of books still being cleared.
         let full = found.len() == BATCH && !pending.is_empty();
         if pending.is_empty() {
-            return Ok(Swept { events: 0, full });
+            return Ok(Swept {
+                events: 0,
+                full,
+                waiting,
+            });
         }
         let events: Vec<(&str, &str)> = pending
             .iter()
@@ -336,6 +357,7 @@ impl Relay {
         Ok(Swept {
             events: count,
             full,
+            waiting,
         })
     }
 
@@ -358,27 +380,40 @@ impl Relay {
 #[derive(Clone, Default)]
 struct Clears {
     queue: Option<mpsc::UnboundedSender<Vec<Published>>>,
+    uncleared: Arc<Mutex<Uncleared>>,
+}
+
+/// What the clear queue holds.
+#[derive(Default)]
+struct Uncleared {
     /// Queued clears per book.
-    uncleared: Arc<Mutex<HashMap<ObjectId, usize>>>,
+    books: HashMap<ObjectId, usize>,
+    /// Queued clears in all.
+    queued: usize,
 }
 
 impl Clears {
-    fn uncleared(&self) -> MutexGuard<'_, HashMap<ObjectId, usize>> {
+    fn uncleared(&self) -> MutexGuard<'_, Uncleared> {
         self.uncleared.lock().expect("never poisoned")
     }
 
-    /// Queues the clear of `published`; past `MAX_UNCLEARED` books (or
-    /// once stopping), leaves it to the sweep.
+    fn is_full(&self) -> bool {
+        self.uncleared().queued >= MAX_UNCLEARED
+    }
+
+    /// Queues the clear of `published`; with `MAX_UNCLEARED` clears queued
+    /// already (or once stopping), leaves it to the sweep.
     fn enqueue(&self, published: Vec<Published>) {
         let Some(queue) = &self.queue else { return };
         {
             let mut uncleared = self.uncleared();
-            if uncleared.len() >= MAX_UNCLEARED {
+            if uncleared.queued >= MAX_UNCLEARED {
                 tracing::debug!("too many outboxes to clear; the sweep will send these again");
                 return;
             }
+            uncleared.queued += published.len();
             for p in &published {
-                *uncleared.entry(p.id).or_default() += 1;
+                *uncleared.books.entry(p.id).or_default() += 1;
             }
         }
         if let Err(mpsc::error::SendError(published)) = queue.send(published) {
@@ -388,8 +423,9 @@ impl Clears {
 
     fn done(&self, published: &[Published]) {
         let mut uncleared = self.uncleared();
+        uncleared.queued = uncleared.queued.saturating_sub(published.len());
         for p in published {
-            if let Entry::Occupied(mut queued) = uncleared.entry(p.id) {
+            if let Entry::Occupied(mut queued) = uncleared.books.entry(p.id) {
                 *queued.get_mut() -= 1;
                 if *queued.get() == 0 {
                     queued.remove();
