@@ -122,9 +122,16 @@ impl BookCache {
     /// process's copy when it holds the entry.
     #[tracing::instrument(skip(self))]
     pub async fn get(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        match &self.local {
-            Some(local) => local.hmget(&self.key(id), &FIELDS, Self::entry).await,
-            None => self.get_fresh(id).await,
+        let Some(local) = &self.local else {
+            return self.get_fresh(id).await;
+        };
+        match local.hmget(&self.key(id), &FIELDS, Self::entry).await {
+            Ok(entry) => Ok(entry),
+            // The copy's own connection failing is no reason to skip Redis.
+            Err(error) => {
+                tracing::debug!(error = format!("{error:#}"), "local cache copy unreadable");
+                self.get_fresh(id).await
+            }
         }
     }
 

@@ -36,6 +36,8 @@ use crate::{cache::Cached, metrics};
 
 /// The longest an entry is served without asking Redis again.
 pub const MAX_AGE: Duration = Duration::from_secs(30);
+/// How long after a failed connect reads fail without trying again.
+const RECONNECT_COOLDOWN: Duration = Duration::from_secs(1);
 
 pub struct LocalCopy {
     client: redis::Client,
@@ -44,6 +46,9 @@ pub struct LocalCopy {
     /// The tracking connection, with the count of lost connections when it
     /// opened: it is lost too once that count moved.
     connection: tokio::sync::Mutex<Option<(MultiplexedConnection, u64)>>,
+    /// When opening a connection last failed: reads fail at once for
+    /// `RECONNECT_COOLDOWN` after, rather than each wait for a connect.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 struct Shared {
@@ -52,6 +57,8 @@ struct Shared {
     generation: AtomicU64,
     /// Advanced by every lost connection: the current one is dead.
     connection_lost: AtomicU64,
+    hits: ::metrics::Counter,
+    invalidations: ::metrics::Counter,
 }
 
 impl Shared {
@@ -67,25 +74,33 @@ impl Shared {
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 let mut entries = self.entries();
                 match push.data.first() {
-                    Some(Value::Array(keys)) => {
+                    Some(Value::Array(keys))
+                        if keys.iter().all(|key| matches!(key, Value::BulkString(_))) =>
+                    {
                         for key in keys {
                             if let Value::BulkString(key) = key {
                                 entries.pop(key.as_slice());
                             }
                         }
                     }
-                    // FLUSHALL / FLUSHDB: every key at once.
+                    // FLUSHALL / FLUSHDB (every key at once), or keys in a
+                    // form not expected: everything goes.
                     _ => entries.clear(),
                 }
-                metrics::local_copy_invalidated();
+                self.invalidations.increment(1);
             }
-            PushKind::Disconnection => {
-                self.generation.fetch_add(1, Ordering::SeqCst);
-                self.connection_lost.fetch_add(1, Ordering::SeqCst);
-                self.entries().clear();
-            }
+            PushKind::Disconnection => self.lose(),
             _ => {}
         }
+    }
+
+    /// The connection is lost, or can no longer be trusted to have
+    /// delivered every invalidation: the copy goes, and the next read opens
+    /// a new connection.
+    fn lose(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.connection_lost.fetch_add(1, Ordering::SeqCst);
+        self.entries().clear();
     }
 }
 
@@ -98,6 +113,7 @@ impl LocalCopy {
         timeout: Duration,
         entries: NonZeroUsize,
     ) -> redis::RedisResult<Self> {
+        let (hits, invalidations) = metrics::local_copy_counters();
         Ok(Self {
             client: platform::connect::resp3(client)?,
             timeout,
@@ -105,8 +121,11 @@ impl LocalCopy {
                 entries: Mutex::new(LruCache::new(entries)),
                 generation: AtomicU64::new(0),
                 connection_lost: AtomicU64::new(0),
+                hits,
+                invalidations,
             }),
             connection: tokio::sync::Mutex::new(None),
+            failed_at: Mutex::new(None),
         })
     }
 
@@ -120,10 +139,17 @@ impl LocalCopy {
         fields: &[&str],
         parse: impl FnOnce(Value) -> redis::RedisResult<Option<Cached>>,
     ) -> redis::RedisResult<Option<Cached>> {
-        if let Some((entry, read_at)) = self.shared.entries().get(key.as_bytes()) {
-            if read_at.elapsed() < MAX_AGE {
-                metrics::local_copy_hit();
-                return Ok(Some(entry.clone()));
+        {
+            let mut entries = self.shared.entries();
+            match entries.get(key.as_bytes()) {
+                Some((entry, read_at)) if read_at.elapsed() < MAX_AGE => {
+                    self.shared.hits.increment(1);
+                    return Ok(Some(entry.clone()));
+                }
+                Some(_) => {
+                    entries.pop(key.as_bytes());
+                }
+                None => {}
             }
         }
         let mut connection = self.connection().await?;
@@ -133,7 +159,8 @@ impl LocalCopy {
             .arg(key)
             .arg(fields)
             .query_async(&mut connection)
-            .await?;
+            .await
+            .inspect_err(|_| self.shared.lose())?;
         let entry = parse(answer)?;
         if let Some(entry) = &entry {
             let mut entries = self.shared.entries();
@@ -148,12 +175,16 @@ impl LocalCopy {
     /// before this call replaced: Redis queues an invalidation on the
     /// tracking connection as it runs the write, so a `PING` sent there
     /// afterwards is answered behind it. Without a connection there is no
-    /// copy to sync.
+    /// copy to sync. When the `PING` fails, the copy is dropped: whether the
+    /// invalidations before it arrived is unknown.
     pub async fn sync(&self) -> redis::RedisResult<()> {
         let Some((mut connection, _)) = self.connection.lock().await.clone() else {
             return Ok(());
         };
-        redis::cmd("PING").query_async(&mut connection).await
+        redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .inspect_err(|_| self.shared.lose())
     }
 
     /// The tracking connection, opened (and tracking turned on) if there is
@@ -165,6 +196,23 @@ impl LocalCopy {
             Some((connection, opened)) if *opened == lost => return Ok(connection.clone()),
             _ => *current = None,
         }
+        let failed_at = *self.failed_at.lock().expect("never poisoned");
+        if failed_at.is_some_and(|at| at.elapsed() < RECONNECT_COOLDOWN) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the cache's tracking connection failed to open a moment ago",
+            )));
+        }
+        let opened = self.open(lost).await;
+        *self.failed_at.lock().expect("never poisoned") = opened.is_err().then(Instant::now);
+        let connection = opened?;
+        *current = Some((connection.clone(), lost));
+        Ok(connection)
+    }
+
+    /// A new tracking connection, if no connection was lost while it opened
+    /// (the count of lost ones was `lost` before).
+    async fn open(&self, lost: u64) -> redis::RedisResult<MultiplexedConnection> {
         let shared = Arc::clone(&self.shared);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -189,7 +237,6 @@ impl LocalCopy {
                 "the cache's tracking connection was lost while it opened",
             )));
         }
-        *current = Some((connection.clone(), lost));
         Ok(connection)
     }
 }

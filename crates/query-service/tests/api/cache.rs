@@ -295,3 +295,36 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
     let (_, invalidations_after) = local_copy(&app).await;
     assert!(invalidations_after > invalidations_before);
 }
+
+#[tokio::test]
+async fn a_lost_redis_connection_drops_the_process_copy() {
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_redis().await;
+    settings.redis_url = platform::RedactedUrl::new(proxy.url());
+    let app = spawn_cleaned_app_with(settings).await;
+    let book = new_book("Remembered");
+    app.publish(&BookEvent::created(&book, None)).await;
+    app.wait_until_consumed().await;
+    for _ in 0..2 {
+        let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+        assert_eq!(body["title"], "Remembered");
+    }
+
+    proxy.cut();
+    // The read model changes behind the cache, as only a repair would: a
+    // copy that outlived its connection would keep the old title.
+    app.db
+        .collection::<bson::Document>("books")
+        .update_one(
+            bson::doc! { "_id": bson::oid::ObjectId::parse_str(book.id.as_str()).unwrap() },
+            bson::doc! { "$set": { "title": "Changed" } },
+        )
+        .await
+        .unwrap();
+
+    eventually("the read model's title", Duration::from_secs(5), || async {
+        let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
+        (body["title"] == "Changed").then_some(())
+    })
+    .await;
+}
