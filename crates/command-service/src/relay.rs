@@ -39,7 +39,7 @@ use futures::StreamExt;
 use platform::lease::Lease;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -193,6 +193,9 @@ impl Relay {
             clear_requests,
         ));
         self.clears.queue = Some(clear_queue);
+        let cleared = Arc::clone(&self.clears.cleared);
+        // Whether the last sweep left pending books to their queued clears.
+        let mut after_clears = false;
         while !shutdown.is_cancelled() {
             // Not biased: a sweep taking a backlog one batch at a time and a
             // steady stream of new events take turns, so neither starves
@@ -205,6 +208,7 @@ impl Relay {
                         // More is waiting: the next batch at once.
                         Ok(Swept { full: true, .. }) => Instant::now(),
                         Ok(Swept { events, waiting, .. }) => {
+                            after_clears = waiting;
                             idle = if events == 0 && !waiting {
                                 (idle * 2).min(self.idle_max)
                             } else {
@@ -221,6 +225,11 @@ impl Relay {
                             Instant::now() + backoff
                         }
                     };
+                }
+                // A clear ended: the books the last sweep left may be done.
+                () = cleared.notified(), if after_clears => {
+                    after_clears = false;
+                    next_sweep = Instant::now();
                 }
                 received = self.receiver.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
@@ -381,6 +390,8 @@ impl Relay {
 struct Clears {
     queue: Option<mpsc::UnboundedSender<Vec<Published>>>,
     uncleared: Arc<Mutex<Uncleared>>,
+    /// Notified whenever a batch of clears ends.
+    cleared: Arc<Notify>,
 }
 
 /// What the clear queue holds.
@@ -422,16 +433,19 @@ impl Clears {
     }
 
     fn done(&self, published: &[Published]) {
-        let mut uncleared = self.uncleared();
-        uncleared.queued = uncleared.queued.saturating_sub(published.len());
-        for p in published {
-            if let Entry::Occupied(mut queued) = uncleared.books.entry(p.id) {
-                *queued.get_mut() -= 1;
-                if *queued.get() == 0 {
-                    queued.remove();
+        {
+            let mut uncleared = self.uncleared();
+            uncleared.queued = uncleared.queued.saturating_sub(published.len());
+            for p in published {
+                if let Entry::Occupied(mut queued) = uncleared.books.entry(p.id) {
+                    *queued.get_mut() -= 1;
+                    if *queued.get() == 0 {
+                        queued.remove();
+                    }
                 }
             }
         }
+        self.cleared.notify_one();
     }
 }
 
