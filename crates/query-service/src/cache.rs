@@ -125,7 +125,7 @@ impl BookCache {
         let Some(local) = &self.local else {
             return self.get_fresh(id).await;
         };
-        match local.hmget(&self.key(id), &FIELDS, Self::entry).await {
+        match local.get(&self.key(id), &self.hmget(id), Self::entry).await {
             Ok(entry) => Ok(entry),
             // The copy's own connection failing is no reason to skip Redis.
             Err(error) => {
@@ -139,12 +139,15 @@ impl BookCache {
     /// process's copy: for a reader waiting for a version.
     #[tracing::instrument(skip(self))]
     pub async fn get_fresh(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        let answer = redis::cmd("HMGET")
-            .arg(self.key(id))
-            .arg(&FIELDS)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let answer = self.hmget(id).query_async(&mut self.redis.clone()).await?;
         Self::entry(answer)
+    }
+
+    /// `HMGET key v body gone` for book `id`.
+    fn hmget(&self, id: &BookId) -> redis::Cmd {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.key(id)).arg(&FIELDS);
+        command
     }
 
     /// An entry from the answer to `HMGET key v body gone`.

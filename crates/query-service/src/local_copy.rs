@@ -74,17 +74,18 @@ impl Shared {
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 let mut entries = self.entries();
                 match push.data.first() {
-                    Some(Value::Array(keys))
-                        if keys.iter().all(|key| matches!(key, Value::BulkString(_))) =>
-                    {
+                    Some(Value::Array(keys)) => {
                         for key in keys {
-                            if let Value::BulkString(key) = key {
-                                entries.pop(key.as_slice());
+                            match key {
+                                Value::BulkString(key) => {
+                                    entries.pop(key.as_slice());
+                                }
+                                // A key in a form not expected: all go.
+                                _ => entries.clear(),
                             }
                         }
                     }
-                    // FLUSHALL / FLUSHDB (every key at once), or keys in a
-                    // form not expected: everything goes.
+                    // FLUSHALL / FLUSHDB: every key at once.
                     _ => entries.clear(),
                 }
                 self.invalidations.increment(1);
@@ -129,14 +130,14 @@ impl LocalCopy {
         })
     }
 
-    /// `HMGET key fields...` answered from the copy when it holds `key`,
-    /// else from Redis (the answer is then kept, unless `key` changed
-    /// meanwhile). `parse` turns the answer into an entry; `None` (a miss)
-    /// is not kept.
-    pub async fn hmget(
+    /// The entry of `key`: from the copy when it holds it, else what
+    /// `read` (a command reading `key` alone) answers, turned into an entry
+    /// by `parse` and then kept, unless `key` changed meanwhile. `None` (a
+    /// miss) is not kept.
+    pub async fn get(
         &self,
         key: &str,
-        fields: &[&str],
+        read: &redis::Cmd,
         parse: impl FnOnce(Value) -> redis::RedisResult<Option<Cached>>,
     ) -> redis::RedisResult<Option<Cached>> {
         {
@@ -155,9 +156,7 @@ impl LocalCopy {
         let mut connection = self.connection().await?;
         let generation = self.shared.generation.load(Ordering::SeqCst);
         let read_at = Instant::now();
-        let answer: Value = redis::cmd("HMGET")
-            .arg(key)
-            .arg(fields)
+        let answer: Value = read
             .query_async(&mut connection)
             .await
             .inspect_err(|_| self.shared.lose())?;
