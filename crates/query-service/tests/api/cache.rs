@@ -161,15 +161,24 @@ async fn the_cache_answers_without_the_read_model() {
     assert_eq!(body["title"], "Only in the cache");
 }
 
-#[tokio::test]
-async fn reads_fall_back_to_the_read_model_while_redis_is_cut() {
+/// An app reaching Redis through a proxy (to cut), with a book titled
+/// `title` already consumed.
+async fn consumed_behind_a_redis_proxy(
+    title: &str,
+) -> (crate::helpers::TestApp, TcpProxy, domain::Book) {
     let mut settings = test_settings().await;
     let proxy = TcpProxy::in_front_of_redis().await;
     settings.redis_url = platform::RedactedUrl::new(proxy.url());
     let app = spawn_cleaned_app_with(settings).await;
-    let book = new_book("Without Redis");
+    let book = new_book(title);
     app.publish(&BookEvent::created(&book, None)).await;
     app.wait_until_consumed().await;
+    (app, proxy, book)
+}
+
+#[tokio::test]
+async fn reads_fall_back_to_the_read_model_while_redis_is_cut() {
+    let (app, proxy, book) = consumed_behind_a_redis_proxy("Without Redis").await;
 
     proxy.cut();
 
@@ -298,13 +307,7 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
 
 #[tokio::test]
 async fn a_lost_redis_connection_drops_the_process_copy() {
-    let mut settings = test_settings().await;
-    let proxy = TcpProxy::in_front_of_redis().await;
-    settings.redis_url = platform::RedactedUrl::new(proxy.url());
-    let app = spawn_cleaned_app_with(settings).await;
-    let book = new_book("Remembered");
-    app.publish(&BookEvent::created(&book, None)).await;
-    app.wait_until_consumed().await;
+    let (app, proxy, book) = consumed_behind_a_redis_proxy("Remembered").await;
     for _ in 0..2 {
         let body: Value = app.get_book(book.id.as_str()).await.json().await.unwrap();
         assert_eq!(body["title"], "Remembered");
