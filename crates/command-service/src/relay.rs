@@ -85,8 +85,8 @@ struct Swept {
     /// Whether the batch was full: more may be waiting.
     full: bool,
     /// Whether pending books were left for their queued clears (or for
-    /// room in the clear queue): the next sweep comes at the base interval
-    /// rather than after an idle backoff.
+    /// room in the clear queue): they may have hidden older events that
+    /// the immediate path missed.
     waiting: bool,
 }
 
@@ -194,7 +194,13 @@ impl Relay {
         ));
         self.clears.queue = Some(clear_queue);
         let cleared = Arc::clone(&self.clears.cleared);
-        // Whether the last sweep left pending books to their queued clears.
+        // When an event was last left to the sweep (at start: whatever the
+        // last process left), until a sweep has looked past that instant
+        // without books hidden behind queued clears.
+        let started = Instant::now();
+        let mut owed = Some(started);
+        // Whether the last sweep left pending books to their queued clears
+        // while events are owed: it runs again as soon as a clear ends.
         let mut after_clears = false;
         while !shutdown.is_cancelled() {
             // Not biased: a sweep taking a backlog one batch at a time and a
@@ -204,12 +210,24 @@ impl Relay {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
+                    let looked_before = match cutoff {
+                        Cutoff::Before(_) => Some(started),
+                        Cutoff::OlderThan(grace) => Instant::now().checked_sub(grace),
+                    };
                     next_sweep = match self.sweep_batch(cutoff).await {
                         // More is waiting: the next batch at once.
                         Ok(Swept { full: true, .. }) => Instant::now(),
                         Ok(Swept { events, waiting, .. }) => {
-                            after_clears = waiting;
-                            idle = if events == 0 && !waiting {
+                            if !waiting && owed.is_some_and(|at| looked_before.is_some_and(|l| l >= at)) {
+                                owed = None;
+                            }
+                            // Books left to their clears were published
+                            // already; only a missed event hidden behind
+                            // them calls the sweep back early. Otherwise
+                            // a sweep under load would scan the write
+                            // model after every clear.
+                            after_clears = waiting && owed.is_some();
+                            idle = if events == 0 && !after_clears {
                                 (idle * 2).min(self.idle_max)
                             } else {
                                 self.sweep_interval
@@ -240,6 +258,7 @@ impl Relay {
                         tracing::warn!(error = format!("{error:#}"), "publishing new events failed; the sweep will retry");
                     }
                     if self.missed.swap(false, Ordering::Relaxed) {
+                        owed = Some(Instant::now());
                         idle = self.sweep_interval;
                         next_sweep = next_sweep.min(Instant::now() + self.sweep_interval);
                     }
