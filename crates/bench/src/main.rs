@@ -40,15 +40,17 @@ use crate::{
 
 /// Books read by the read-by-id runs.
 const HOT_SET: usize = 100;
-/// Writes per second of the steady propagation-lag runs: one the query side
-/// keeps up with on the development machine, and the target's.
-const STEADY_RATES: [f64; 2] = [100.0, 500.0];
+/// Writes per second of the steady propagation-lag runs (`--lag-rates`):
+/// one the whole pipeline keeps up with on the development machine, one just
+/// past what it sustains there, and the target's.
+const STEADY_RATES: [f64; 3] = [20.0, 100.0, 500.0];
 
 struct Options {
     smoke: bool,
     duration: Duration,
     concurrency: Vec<usize>,
     soak: Option<Duration>,
+    lag_rates: Vec<f64>,
 }
 
 impl Options {
@@ -58,6 +60,7 @@ impl Options {
             duration: Duration::from_secs(5),
             concurrency: vec![1, 16, 64],
             soak: None,
+            lag_rates: STEADY_RATES.to_vec(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -72,8 +75,18 @@ impl Options {
                         .collect::<Result<_, _>>()?;
                 }
                 "--soak-secs" => options.soak = Some(Duration::from_secs(value()?.parse()?)),
+                "--lag-rates" => {
+                    options.lag_rates = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?;
+                    anyhow::ensure!(
+                        options.lag_rates.iter().all(|r: &f64| r.is_finite() && *r > 0.0),
+                        "--lag-rates takes positive writes per second"
+                    );
+                }
                 other => anyhow::bail!(
-                    "unknown argument {other:?}; expected --smoke, --duration-secs N, --concurrency 1,16,64 or --soak-secs N"
+                    "unknown argument {other:?}; expected --smoke, --duration-secs N, --concurrency 1,16,64, --soak-secs N or --lag-rates 20,100,500"
                 ),
             }
         }
@@ -81,6 +94,7 @@ impl Options {
             // Every code path once, briefly: so the harness cannot rot.
             options.duration = Duration::from_millis(300);
             options.concurrency = vec![1, 4];
+            options.lag_rates = vec![50.0];
         }
         Ok(options)
     }
@@ -234,17 +248,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Duration::from_secs(5)
     };
-    let rates: &[f64] = if options.smoke {
-        &[50.0]
-    } else {
-        &STEADY_RATES
-    };
     // The workloads above leave events to apply, and so does each lag run;
     // each lag run starts from an empty backlog.
     eprintln!("[bench] waiting for the query side to apply the events so far");
     let caught_up_after_secs = caught_up(&system).await;
     let mut lags = Vec::new();
-    for (run, &rate) in rates.iter().enumerate() {
+    for (run, &rate) in options.lag_rates.iter().enumerate() {
         if run > 0 {
             caught_up(&system).await;
         }
