@@ -6,13 +6,15 @@
 //! go out at once, batched into one Redis pipeline. Their outboxes are
 //! cleared by a task of their own, a few batches at a time: publication
 //! never waits for MongoDB, whose writes (one per book) are the slow part.
-//! Until its clear is done, a book is "uncleared": this process's sweep
-//! leaves it alone rather than publish its events a second time. (With
-//! several replicas, the sweeping one may still send another replica's
-//! uncleared events again once they are past the grace: a duplicate.)
-//! A periodic sweep finds whatever is still pending: events of a process that
-//! crashed, events that could not be published while Redis was down, events
-//! dropped when the channel was full. A crash between the append and the
+//! From just before its events go out until its clear is done, a book is
+//! "uncleared": this process's sweep leaves it alone rather than publish
+//! its events a second time. (With several replicas, the sweeping one may
+//! still send another replica's uncleared events again once they are past
+//! the grace: a duplicate.) A periodic sweep, in a task of its own so that
+//! its scan of the write model never holds new events back, finds whatever
+//! is still pending: events of a process that crashed, events that could
+//! not be published while Redis was down, events dropped when the channel
+//! was full. A crash between the append and the
 //! clear re-sends the event: delivery is at-least-once, and the query side
 //! is idempotent.
 //!
@@ -127,8 +129,6 @@ pub struct Relay {
     sweep_interval: Duration,
     receiver: mpsc::Receiver<Outgoing>,
     lease: Lease,
-    /// Published events waiting for their outbox to be cleared.
-    clears: Clears,
     /// Set when an event was left to the sweep (the channel was full, it
     /// waited past the grace, or publishing failed): the next sweep comes
     /// soon, however long the sweeps have found nothing.
@@ -161,7 +161,6 @@ impl Relay {
             sweep_interval,
             receiver,
             lease,
-            clears: Clears::default(),
             missed: Arc::clone(&missed),
             // Below the lease, so that the holder keeps it between sweeps.
             idle_max: (sweep_interval * IDLE_SWEEP_FACTOR)
@@ -171,28 +170,183 @@ impl Relay {
         (relay, OutboxNotifier { sender, missed })
     }
 
-    /// Runs until `shutdown` is cancelled. Sweeps once at start (everything
-    /// pending from before this process started), then publishes new events
-    /// as they come and sweeps on a timer: each sweep that finds nothing
-    /// doubles the wait for the next (up to `idle_max`; on FerretDB a sweep
-    /// reads every book), and an event left to the sweep brings the next
-    /// one back to `sweep_interval`. Backs off while a dependency is down.
-    /// Only the holder of the lease sweeps.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled: publishes new events as they
+    /// come, while the sweep (a task of its own, so that a long scan of
+    /// the write model never holds new events back) and the clears (another)
+    /// run beside it. At shutdown, publishes what the handlers handed over,
+    /// gives the lease up, and lets the queued clears end.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Relay {
+            store,
+            redis,
+            stream,
+            sweep_interval,
+            receiver,
+            lease,
+            missed,
+            idle_max,
+        } = self;
+        let (clear_queue, clear_requests) = mpsc::unbounded_channel();
+        let mut clears = Clears::default();
+        let clearing = tokio::spawn(clear_published(
+            store.clone(),
+            clears.clone(),
+            clear_requests,
+        ));
+        clears.queue = Some(clear_queue);
+        let missed_wake = Arc::new(Notify::new());
+        let sweeper = Sweeper {
+            store,
+            redis: redis.clone(),
+            stream: stream.clone(),
+            sweep_interval,
+            lease,
+            clears: clears.clone(),
+            missed: Arc::clone(&missed_wake),
+            idle_max,
+        };
+        let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
+        let publisher = Publisher {
+            redis,
+            stream,
+            receiver,
+            clears,
+            missed,
+            missed_wake,
+        };
+        publisher.run(&shutdown).await;
+        if let Err(error) = sweeping.await {
+            tracing::error!(%error, "the outbox sweep failed");
+        }
+        // The clears queued so far run to their end (the process's stop
+        // timeout bounds them); what they miss is sent again at the next
+        // start.
+        if let Err(error) = clearing.await {
+            tracing::error!(%error, "the outbox clearing task failed");
+        }
+        tracing::info!("outbox relay stopped");
+    }
+}
+
+/// The immediate path: publishes the events the handlers hand over.
+struct Publisher {
+    redis: ConnectionManager,
+    stream: String,
+    receiver: mpsc::Receiver<Outgoing>,
+    clears: Clears,
+    missed: Arc<AtomicBool>,
+    /// Tells the sweep that an event was left to it.
+    missed_wake: Arc<Notify>,
+}
+
+impl Publisher {
+    /// Publishes until `shutdown`, then what the handlers already handed
+    /// over; the rest waits in MongoDB for the next start.
+    async fn run(mut self, shutdown: &CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = self.receiver.recv_many(&mut batch, BATCH) => received,
+            };
+            if received == 0 {
+                break;
+            }
+            if let Err(error) = self.publish_new(&mut batch).await {
+                self.missed.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "publishing new events failed; the sweep will retry"
+                );
+            }
+            if self.missed.swap(false, Ordering::Relaxed) {
+                self.missed_wake.notify_one();
+            }
+        }
+        self.receiver.close();
+        while self.receiver.recv_many(&mut batch, BATCH).await > 0 {
+            if self.publish_new(&mut batch).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Publishes and clears a batch of new events. The batch is always
+    /// emptied: whatever fails here stays pending in MongoDB for the sweep.
+    async fn publish_new(&mut self, batch: &mut Vec<Outgoing>) -> anyhow::Result<()> {
+        // Events that waited in the channel longer than the sweep's grace
+        // may already be taken by the sweep: leave them to it rather than
+        // publish them twice.
+        let received = batch.len();
+        let fresh: Vec<Outgoing> = batch
+            .drain(..)
+            .filter(|o| o.stored_at.elapsed() < SWEEP_GRACE)
+            .collect();
+        if fresh.len() < received {
+            self.missed.store(true, Ordering::Relaxed);
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        // Counted as uncleared before they go out, so that a sweep running
+        // meanwhile leaves them alone.
+        let reserved = self.clears.reserve(fresh.iter().map(|o| o.book_id));
+        let events: Vec<(&str, &str)> = fresh
+            .iter()
+            .map(|o| (o.event_type, o.json.as_str()))
+            .collect();
+        if let Err(error) = append(&mut self.redis, &self.stream, &events).await {
+            if reserved {
+                self.clears.release(fresh.iter().map(|o| o.book_id));
+            }
+            return Err(error.into());
+        }
+        for (event_type, _) in &events {
+            metrics::event_published(event_type, Via::Immediate);
+        }
+        if reserved {
+            self.clears.enqueue_reserved(
+                fresh
+                    .into_iter()
+                    .map(|o| Published {
+                        id: o.book_id,
+                        events: vec![o.json],
+                    })
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The sweep: publishes what the immediate path left pending. Only the
+/// holder of the lease sweeps.
+struct Sweeper {
+    store: BookStore,
+    redis: ConnectionManager,
+    stream: String,
+    sweep_interval: Duration,
+    lease: Lease,
+    clears: Clears,
+    /// Notified when the immediate path left an event to the sweep.
+    missed: Arc<Notify>,
+    idle_max: Duration,
+}
+
+impl Sweeper {
+    /// Sweeps once at start (everything pending from before this process
+    /// started), then on a timer: each sweep that finds nothing doubles the
+    /// wait for the next (up to `idle_max`; on FerretDB a sweep reads every
+    /// book), and an event left to the sweep brings the next one back to
+    /// `sweep_interval`. Backs off while a dependency is down. Gives the
+    /// lease up when `shutdown` is cancelled.
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.sweep_interval;
         let mut idle = self.sweep_interval;
         let mut next_sweep = Instant::now();
         // The first sweep takes what was pending before this process
         // started, however recent; later ones what is older than the grace.
         let mut cutoff = Cutoff::Before(Utc::now());
-        let mut batch = Vec::with_capacity(BATCH);
-        let (clear_queue, clear_requests) = mpsc::unbounded_channel();
-        let clearing = tokio::spawn(clear_published(
-            self.store.clone(),
-            self.clears.clone(),
-            clear_requests,
-        ));
-        self.clears.queue = Some(clear_queue);
         let cleared = Arc::clone(&self.clears.cleared);
         // When an event was last left to the sweep (at start: whatever the
         // last process left), until a sweep has looked past that instant
@@ -202,11 +356,7 @@ impl Relay {
         // Whether the last sweep left pending books to their queued clears
         // while events are owed: it runs again as soon as a clear ends.
         let mut after_clears = false;
-        while !shutdown.is_cancelled() {
-            // Not biased: a sweep taking a backlog one batch at a time and a
-            // steady stream of new events take turns, so neither starves
-            // the other (new events held back past the grace would be left
-            // to the sweep as well).
+        loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next_sweep) => {
@@ -249,73 +399,15 @@ impl Relay {
                     after_clears = false;
                     next_sweep = Instant::now();
                 }
-                received = self.receiver.recv_many(&mut batch, BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                    if let Err(error) = self.publish_new(&mut batch).await {
-                        self.missed.store(true, Ordering::Relaxed);
-                        tracing::warn!(error = format!("{error:#}"), "publishing new events failed; the sweep will retry");
-                    }
-                    if self.missed.swap(false, Ordering::Relaxed) {
-                        owed = Some(Instant::now());
-                        idle = self.sweep_interval;
-                        next_sweep = next_sweep.min(Instant::now() + self.sweep_interval);
-                    }
+                () = self.missed.notified() => {
+                    owed = Some(Instant::now());
+                    idle = self.sweep_interval;
+                    next_sweep = next_sweep.min(Instant::now() + self.sweep_interval);
                 }
-            }
-        }
-        // Publish what the handlers already handed over; the rest waits in
-        // MongoDB for the next start.
-        self.receiver.close();
-        while self.receiver.recv_many(&mut batch, BATCH).await > 0 {
-            if self.publish_new(&mut batch).await.is_err() {
-                break;
             }
         }
         // Another replica need not wait for the lease to expire.
         self.lease.release(&mut self.redis).await;
-        // The clears queued so far run to their end (the process's stop
-        // timeout bounds them); what they miss is sent again at the next
-        // start.
-        self.clears.queue = None;
-        if let Err(error) = clearing.await {
-            tracing::error!(%error, "the outbox clearing task failed");
-        }
-        tracing::info!("outbox relay stopped");
-    }
-
-    /// Publishes and clears a batch of new events. The batch is always
-    /// emptied: whatever fails here stays pending in MongoDB for the sweep.
-    async fn publish_new(&mut self, batch: &mut Vec<Outgoing>) -> anyhow::Result<()> {
-        // Events that waited in the channel longer than the sweep's grace
-        // may already be taken by the sweep: leave them to it rather than
-        // publish them twice.
-        let received = batch.len();
-        let fresh: Vec<Outgoing> = batch
-            .drain(..)
-            .filter(|o| o.stored_at.elapsed() < SWEEP_GRACE)
-            .collect();
-        if fresh.len() < received {
-            self.missed.store(true, Ordering::Relaxed);
-        }
-        let events: Vec<(&str, &str)> = fresh
-            .iter()
-            .map(|o| (o.event_type, o.json.as_str()))
-            .collect();
-        self.append(&events).await?;
-        for (event_type, _) in &events {
-            metrics::event_published(event_type, Via::Immediate);
-        }
-        let published: Vec<Published> = fresh
-            .into_iter()
-            .map(|o| Published {
-                id: o.book_id,
-                events: vec![o.json],
-            })
-            .collect();
-        self.clears.enqueue(published);
-        Ok(())
     }
 
     /// Publishes one batch of the events pending since before the cutoff,
@@ -338,9 +430,10 @@ impl Relay {
                 ..Swept::default()
             });
         }
-        // Books whose clear was queued were published already: those queued
-        // now, and those queued before the read, whose clear may have ended
-        // since but after the read saw their outbox.
+        // Books whose clear was queued (or whose events are being
+        // published by the immediate path) were published already: those
+        // queued now, and those queued before the read, whose clear may have
+        // ended since but after the read saw their outbox.
         let queued_before: HashSet<ObjectId> =
             self.clears.uncleared().books.keys().copied().collect();
         let found = self.store.pending(cutoff, BATCH as i64).await?;
@@ -372,7 +465,7 @@ impl Relay {
             })
             .collect();
         let count = events.len();
-        self.append(&events).await?;
+        append(&mut self.redis, &self.stream, &events).await?;
         for (event_type, _) in &events {
             metrics::event_published(event_type, Via::Sweep);
         }
@@ -388,19 +481,23 @@ impl Relay {
             waiting,
         })
     }
+}
 
-    /// XADD and PUBLISH each event, in order, in one pipeline.
-    async fn append(&mut self, events: &[(&str, &str)]) -> redis::RedisResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for (event_type, json) in events {
-            platform::stream::append(&mut pipe, &self.stream, event_type, json);
-            pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
-        }
-        pipe.query_async::<()>(&mut self.redis).await
+/// XADD and PUBLISH each event, in order, in one pipeline.
+async fn append(
+    redis: &mut ConnectionManager,
+    stream: &str,
+    events: &[(&str, &str)],
+) -> redis::RedisResult<()> {
+    if events.is_empty() {
+        return Ok(());
     }
+    let mut pipe = redis::pipe();
+    for (event_type, json) in events {
+        platform::stream::append(&mut pipe, stream, event_type, json);
+        pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
+    }
+    pipe.query_async::<()>(redis).await
 }
 
 /// The queue of published events whose outboxes are to be cleared, and
@@ -431,32 +528,49 @@ impl Clears {
         self.uncleared().queued >= MAX_UNCLEARED
     }
 
-    /// Queues the clear of `published`; with `MAX_UNCLEARED` clears queued
-    /// already (or once stopping), leaves it to the sweep.
-    fn enqueue(&self, published: Vec<Published>) {
-        let Some(queue) = &self.queue else { return };
-        {
-            let mut uncleared = self.uncleared();
-            if uncleared.queued >= MAX_UNCLEARED {
-                tracing::debug!("too many outboxes to clear; the sweep will send these again");
-                return;
-            }
-            uncleared.queued += published.len();
-            for p in &published {
-                *uncleared.books.entry(p.id).or_default() += 1;
-            }
+    /// Counts these books' clears as queued, unless `MAX_UNCLEARED` clears
+    /// are queued already or the relay is stopping: then `false`, and the
+    /// sweep will send their events again and clear them then.
+    fn reserve(&self, books: impl ExactSizeIterator<Item = ObjectId>) -> bool {
+        if self.queue.is_none() {
+            return false;
         }
-        if let Err(mpsc::error::SendError(published)) = queue.send(published) {
-            self.done(&published);
+        let mut uncleared = self.uncleared();
+        if uncleared.queued >= MAX_UNCLEARED {
+            tracing::debug!("too many outboxes to clear; the sweep will send these again");
+            return false;
+        }
+        uncleared.queued += books.len();
+        for id in books {
+            *uncleared.books.entry(id).or_default() += 1;
+        }
+        true
+    }
+
+    /// Queues the clear of `published`, as `reserve` allows.
+    fn enqueue(&self, published: Vec<Published>) {
+        if self.reserve(published.iter().map(|p| p.id)) {
+            self.enqueue_reserved(published);
         }
     }
 
-    fn done(&self, published: &[Published]) {
+    /// Queues the clear of `published`, reserved already.
+    fn enqueue_reserved(&self, published: Vec<Published>) {
+        let Some(queue) = &self.queue else {
+            return self.release(published.iter().map(|p| p.id));
+        };
+        if let Err(mpsc::error::SendError(published)) = queue.send(published) {
+            self.release(published.iter().map(|p| p.id));
+        }
+    }
+
+    /// Ends reservations: the clears are done, failed, or not queued.
+    fn release(&self, books: impl ExactSizeIterator<Item = ObjectId>) {
         {
             let mut uncleared = self.uncleared();
-            uncleared.queued = uncleared.queued.saturating_sub(published.len());
-            for p in published {
-                if let Entry::Occupied(mut queued) = uncleared.books.entry(p.id) {
+            uncleared.queued = uncleared.queued.saturating_sub(books.len());
+            for id in books {
+                if let Entry::Occupied(mut queued) = uncleared.books.entry(id) {
                     *queued.get_mut() -= 1;
                     if *queued.get() == 0 {
                         queued.remove();
@@ -491,7 +605,7 @@ async fn clear_published(
                     if let Err(error) = store.clear(chunk).await {
                         tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
                     }
-                    clears.done(chunk);
+                    clears.release(chunk.iter().map(|p| p.id));
                 }
             })
             .await;
