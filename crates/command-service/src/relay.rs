@@ -62,11 +62,13 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 const IDLE_SWEEP_FACTOR: u32 = 16;
 /// Batches of published events whose outboxes are cleared at once.
 const CONCURRENT_CLEARS: usize = 4;
-/// Clears queued at most (one per published book). Past this, what the
+/// Clears queued at most (one per published book). Each holds its events'
+/// JSON (about half a kilobyte an event), so this bounds the queue to
+/// about 10 MiB when creates outpace the clears. Past this, what the
 /// immediate path publishes is not queued: it stays pending, and the sweep
 /// sends it again (a duplicate, harmless) once the queue has room, and
 /// clears it then.
-const MAX_UNCLEARED: usize = 65_536;
+const MAX_UNCLEARED: usize = 16_384;
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
