@@ -15,7 +15,8 @@
 #
 # OPTIONS go to the harness: --smoke (every path once, briefly),
 # --duration-secs N (per run, default 5), --concurrency 1,16,64,
-# --soak-secs N (mixed load for N s, memory sampled). PROFILE=dev builds
+# --soak-secs N (mixed load for N s, memory sampled), --lag-rates 20,100,500
+# (writes/s of the steady propagation-lag runs). PROFILE=dev builds
 # unoptimised binaries (default release).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,6 +55,9 @@ pids=()
 cleanup() {
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  # Only once the services have stopped: FerretDB crashes when a database
+  # is dropped while a query reads it.
+  "target/$target_dir/bench" --drop-databases || true
   redis-cli -u "$REDIS_URL" --no-auth-warning EVAL \
     "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end return n" \
     0 "$run_id:*" >/dev/null 2>&1 || true
@@ -66,7 +70,7 @@ pids+=($!)
 export COMMAND_PID=$!
 PORT="$query_port" "target/$target_dir/query-service" >target/bench/query-service.log 2>&1 &
 pids+=($!)
-export QUERY_PID=$! BENCH_OWNS_DATABASES=1
+export QUERY_PID=$!
 for url in "$COMMAND_URL" "$QUERY_URL"; do
   for _ in $(seq 1 100); do
     curl -fsS "$url/readyz" >/dev/null 2>&1 && break

@@ -17,9 +17,10 @@
 //! `CACHE_KEY_PREFIX` for the floors; `COMMAND_PID` and `QUERY_PID` name
 //! the processes whose memory is read (else they are found by name). It
 //! creates books in the system (a hot set and whatever the create runs
-//! write); its scratch collection and stream are removed at the end, and
-//! with `BENCH_OWNS_DATABASES` set (a system started for the run) both
-//! databases too.
+//! write); its scratch collection and stream are removed at the end.
+//! `bench --drop-databases` drops both databases and does nothing else: for
+//! a system started for the run, once its services have stopped (FerretDB
+//! crashes when a database is dropped while a query reads it).
 
 mod lag;
 mod load;
@@ -51,6 +52,7 @@ struct Options {
     concurrency: Vec<usize>,
     soak: Option<Duration>,
     lag_rates: Vec<f64>,
+    drop_databases: bool,
 }
 
 impl Options {
@@ -61,12 +63,14 @@ impl Options {
             concurrency: vec![1, 16, 64],
             soak: None,
             lag_rates: STEADY_RATES.to_vec(),
+            drop_databases: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
             match arg.as_str() {
                 "--smoke" => options.smoke = true,
+                "--drop-databases" => options.drop_databases = true,
                 "--duration-secs" => options.duration = Duration::from_secs_f64(value()?.parse()?),
                 "--concurrency" => {
                     options.concurrency = value()?
@@ -86,7 +90,7 @@ impl Options {
                     );
                 }
                 other => anyhow::bail!(
-                    "unknown argument {other:?}; expected --smoke, --duration-secs N, --concurrency 1,16,64, --soak-secs N or --lag-rates 20,100,500"
+                    "unknown argument {other:?}; expected --smoke, --duration-secs N, --concurrency 1,16,64, --soak-secs N, --lag-rates 20,100,500 or --drop-databases"
                 ),
             }
         }
@@ -130,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         &run,
     )
     .await?;
+    if options.drop_databases {
+        drivers.drop_databases().await;
+        return Ok(());
+    }
     let memory_idle = memory();
 
     eprintln!("[bench] creating a hot set of {HOT_SET} books");
@@ -270,9 +278,6 @@ async fn main() -> anyhow::Result<()> {
         Some(duration) => Some(soak(&workloads[7].2, duration).await),
     };
     drivers.clean_up().await;
-    if std::env::var_os("BENCH_OWNS_DATABASES").is_some() {
-        drivers.drop_databases().await;
-    }
 
     let report = Report {
         started_at,
