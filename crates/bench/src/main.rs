@@ -326,16 +326,28 @@ async fn soak(mix: &Operation, duration: Duration) -> Soak {
 }
 
 /// Creates a marker book and waits, up to ten minutes, until the query side
-/// serves it: everything written before it has then been read (one stream,
-/// read in order) and applied, but for the marker's own batch. Returns how long that took, or `None` if it did
-/// not happen.
+/// serves it, then until its consumer group has acknowledged everything it
+/// read: the marker's batch is served before the batch's author summaries
+/// are written, and a lag run must not start behind them. Returns how long
+/// that took, or `None` if it did not happen.
 async fn caught_up(system: &System) -> Option<f64> {
     let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(600);
     let waited = async {
         let (id, version) = system.create("Backlog marker").await?;
         system
             .await_version_within(&id, version, Duration::from_secs(600))
-            .await
+            .await?;
+        loop {
+            let unacknowledged = system.unacknowledged().await?;
+            if unacknowledged == 0.0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("{unacknowledged} entries still unacknowledged");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     };
     match waited.await {
         Ok(()) => Some(started.elapsed().as_secs_f64()),

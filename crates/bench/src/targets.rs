@@ -117,6 +117,31 @@ impl System {
         }
     }
 
+    /// The query side's consumer group: entries not yet read plus entries
+    /// read but not acknowledged (`books_consumer_group_lag` and
+    /// `books_consumer_group_pending` of its `/metrics`).
+    pub(crate) async fn unacknowledged(&self) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.query_url))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    (series == name || series.starts_with(&format!("{name}{{")))
+                        .then(|| value.parse::<f64>().ok())
+                        .flatten()
+                })
+                .with_context(|| format!("the query side's /metrics has no {name}"))
+        };
+        Ok(gauge("books_consumer_group_lag")? + gauge("books_consumer_group_pending")?)
+    }
+
     /// `GET /books?limit=20`, the first page.
     pub(crate) async fn list(&self) -> anyhow::Result<()> {
         let response = self
