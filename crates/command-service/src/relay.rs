@@ -26,10 +26,7 @@
 
 use std::{
     collections::{hash_map::Entry, HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -37,7 +34,7 @@ use tokio::time::Instant;
 
 use bson::oid::ObjectId;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{future::BoxFuture, FutureExt, StreamExt};
 use platform::lease::Lease;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -109,7 +106,7 @@ pub struct Outgoing {
 #[derive(Clone)]
 pub struct OutboxNotifier {
     sender: mpsc::Sender<Outgoing>,
-    missed: Arc<AtomicBool>,
+    missed: Arc<Notify>,
 }
 
 impl OutboxNotifier {
@@ -118,25 +115,18 @@ impl OutboxNotifier {
     /// if the relay cannot take it now.
     pub fn notify(&self, outgoing: Outgoing) {
         if let Err(error) = self.sender.try_send(outgoing) {
-            self.missed.store(true, Ordering::Relaxed);
+            self.missed.notify_one();
             tracing::debug!(%error, "relay busy; the sweep will publish the event");
         }
     }
 }
 
+/// The immediate path, the sweep and the clearing of published outboxes,
+/// each run as a task of its own by `run`.
 pub struct Relay {
-    store: BookStore,
-    redis: ConnectionManager,
-    stream: String,
-    sweep_interval: Duration,
-    receiver: mpsc::Receiver<Outgoing>,
-    lease: Lease,
-    /// Set when an event was left to the sweep (the channel was full, it
-    /// waited past the grace, or publishing failed): the next sweep comes
-    /// soon, however long the sweeps have found nothing.
-    missed: Arc<AtomicBool>,
-    /// The longest wait between sweeps while they find nothing.
-    idle_max: Duration,
+    publisher: Publisher,
+    sweeper: Sweeper,
+    clearing: BoxFuture<'static, ()>,
 }
 
 impl Relay {
@@ -150,24 +140,42 @@ impl Relay {
         lease_ttl: Duration,
     ) -> (Self, OutboxNotifier) {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        let missed = Arc::new(AtomicBool::new(false));
+        let missed = Arc::new(Notify::new());
+        let (clear_queue, clear_requests) = mpsc::unbounded_channel();
+        // The clearing task's handle has no queue: the queue closes once
+        // the immediate path and the sweep have dropped theirs.
+        let unqueued = Clears::default();
+        let clears = Clears {
+            queue: Some(clear_queue),
+            ..unqueued.clone()
+        };
         let lease = Lease::new(
             format!("{stream}:relay-lease"),
             ObjectId::new().to_hex(),
             lease_ttl,
         );
         let relay = Self {
-            store,
-            redis,
-            stream,
-            sweep_interval,
-            receiver,
-            lease,
-            missed: Arc::clone(&missed),
-            // Below the lease, so that the holder keeps it between sweeps.
-            idle_max: (sweep_interval * IDLE_SWEEP_FACTOR)
-                .min(lease_ttl / 2)
-                .max(sweep_interval),
+            publisher: Publisher {
+                redis: redis.clone(),
+                stream: stream.clone(),
+                receiver,
+                clears: clears.clone(),
+                missed: Arc::clone(&missed),
+            },
+            sweeper: Sweeper {
+                store: store.clone(),
+                redis,
+                stream,
+                sweep_interval,
+                lease,
+                clears,
+                missed: Arc::clone(&missed),
+                // Below the lease, so that the holder keeps it between sweeps.
+                idle_max: (sweep_interval * IDLE_SWEEP_FACTOR)
+                    .min(lease_ttl / 2)
+                    .max(sweep_interval),
+            },
+            clearing: clear_published(store, unqueued, clear_requests).boxed(),
         };
         (relay, OutboxNotifier { sender, missed })
     }
@@ -178,45 +186,9 @@ impl Relay {
     /// run beside it. At shutdown, publishes what the handlers handed over,
     /// gives the lease up, and lets the queued clears end.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Relay {
-            store,
-            redis,
-            stream,
-            sweep_interval,
-            receiver,
-            lease,
-            missed,
-            idle_max,
-        } = self;
-        let (clear_queue, clear_requests) = mpsc::unbounded_channel();
-        let mut clears = Clears::default();
-        let clearing = tokio::spawn(clear_published(
-            store.clone(),
-            clears.clone(),
-            clear_requests,
-        ));
-        clears.queue = Some(clear_queue);
-        let missed_wake = Arc::new(Notify::new());
-        let sweeper = Sweeper {
-            store,
-            redis: redis.clone(),
-            stream: stream.clone(),
-            sweep_interval,
-            lease,
-            clears: clears.clone(),
-            missed: Arc::clone(&missed_wake),
-            idle_max,
-        };
-        let sweeping = tokio::spawn(sweeper.run(shutdown.clone()));
-        let publisher = Publisher {
-            redis,
-            stream,
-            receiver,
-            clears,
-            missed,
-            missed_wake,
-        };
-        publisher.run(&shutdown).await;
+        let clearing = tokio::spawn(self.clearing);
+        let sweeping = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        self.publisher.run(&shutdown).await;
         if let Err(error) = sweeping.await {
             tracing::error!(%error, "the outbox sweep failed");
         }
@@ -236,9 +208,10 @@ struct Publisher {
     stream: String,
     receiver: mpsc::Receiver<Outgoing>,
     clears: Clears,
-    missed: Arc<AtomicBool>,
-    /// Tells the sweep that an event was left to it.
-    missed_wake: Arc<Notify>,
+    /// Tells the sweep that an event was left to it (the channel was full,
+    /// it waited past the grace, or publishing failed): the next sweep
+    /// comes soon, however long the sweeps have found nothing.
+    missed: Arc<Notify>,
 }
 
 impl Publisher {
@@ -255,14 +228,11 @@ impl Publisher {
                 break;
             }
             if let Err(error) = self.publish_new(&mut batch).await {
-                self.missed.store(true, Ordering::Relaxed);
+                self.missed.notify_one();
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "publishing new events failed; the sweep will retry"
                 );
-            }
-            if self.missed.swap(false, Ordering::Relaxed) {
-                self.missed_wake.notify_one();
             }
         }
         self.receiver.close();
@@ -285,7 +255,7 @@ impl Publisher {
             .filter(|o| o.stored_at.elapsed() < SWEEP_GRACE)
             .collect();
         if fresh.len() < received {
-            self.missed.store(true, Ordering::Relaxed);
+            self.missed.notify_one();
         }
         if fresh.is_empty() {
             return Ok(());
@@ -330,8 +300,9 @@ struct Sweeper {
     sweep_interval: Duration,
     lease: Lease,
     clears: Clears,
-    /// Notified when the immediate path left an event to the sweep.
+    /// Notified when an event was left to the sweep.
     missed: Arc<Notify>,
+    /// The longest wait between sweeps while they find nothing.
     idle_max: Duration,
 }
 
