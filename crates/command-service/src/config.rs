@@ -4,7 +4,7 @@ use std::{net::IpAddr, time::Duration};
 
 use platform::{env, RedactedUrl};
 
-use crate::{auth::ApiTokens, replica_locks};
+use crate::auth::ApiTokens;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -43,13 +43,6 @@ pub struct Settings {
     pub query_base_url: String,
     /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`, default 16384).
     pub body_limit: usize,
-    /// Whether writes also take a lock shared by the replicas
-    /// (`CROSS_REPLICA_LOCKS`: `off`, the default; `on`; `auto`, on when
-    /// the backend is FerretDB). See `replica_locks`.
-    pub cross_replica_locks: replica_locks::Mode,
-    /// How long a replica lock lasts when its replica dies holding it
-    /// (`REPLICA_LOCK_TTL_MS`, default 15000).
-    pub replica_lock_ttl: Duration,
     /// Bearer tokens accepted on commands (`API_TOKENS`, comma-separated;
     /// none by default, which refuses every command).
     pub api_tokens: ApiTokens,
@@ -81,8 +74,6 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_owned(),
             body_limit: env::parse("BODY_LIMIT_BYTES", 16 * 1024)?,
-            cross_replica_locks: env::parse("CROSS_REPLICA_LOCKS", replica_locks::Mode::Off)?,
-            replica_lock_ttl: env::millis("REPLICA_LOCK_TTL_MS", 15_000)?,
             api_tokens: ApiTokens::parse(&env::string("API_TOKENS", "")),
         })
     }

@@ -6,7 +6,6 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod relay;
-pub mod replica_locks;
 pub mod routes;
 pub mod startup;
 pub mod state;

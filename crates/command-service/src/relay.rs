@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use bson::oid::ObjectId;
 use chrono::Utc;
 use futures::{future::BoxFuture, FutureExt, StreamExt};
-use platform::lease::Lease;
+use platform::{lease::Lease, mongo::bounded};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
@@ -138,6 +138,7 @@ impl Relay {
         stream: String,
         sweep_interval: Duration,
         lease_ttl: Duration,
+        timeout: Duration,
     ) -> (Self, OutboxNotifier) {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let missed = Arc::new(Notify::new());
@@ -164,6 +165,7 @@ impl Relay {
             },
             sweeper: Sweeper {
                 store: store.clone(),
+                timeout,
                 redis,
                 stream,
                 sweep_interval,
@@ -175,7 +177,7 @@ impl Relay {
                     .min(lease_ttl / 2)
                     .max(sweep_interval),
             },
-            clearing: clear_published(store, unqueued, clear_requests).boxed(),
+            clearing: clear_published(store, timeout, unqueued, clear_requests).boxed(),
         };
         (relay, OutboxNotifier { sender, missed })
     }
@@ -295,6 +297,8 @@ impl Publisher {
 /// holder of the lease sweeps.
 struct Sweeper {
     store: BookStore,
+    /// How long one read of the write model may take.
+    timeout: Duration,
     redis: ConnectionManager,
     stream: String,
     sweep_interval: Duration,
@@ -409,7 +413,7 @@ impl Sweeper {
         // ended since but after the read saw their outbox.
         let queued_before: HashSet<ObjectId> =
             self.clears.uncleared().books.keys().copied().collect();
-        let found = self.store.pending(cutoff, BATCH as i64).await?;
+        let found = bounded(self.timeout, self.store.pending(cutoff, BATCH as i64)).await?;
         let pending: Vec<PendingBook> = {
             let uncleared = self.clears.uncleared();
             found
@@ -561,6 +565,7 @@ impl Clears {
 /// them again.
 async fn clear_published(
     store: BookStore,
+    timeout: Duration,
     clears: Clears,
     mut requests: mpsc::UnboundedReceiver<Vec<Published>>,
 ) {
@@ -575,8 +580,11 @@ async fn clear_published(
             .for_each_concurrent(CONCURRENT_CLEARS, |chunk| {
                 let (store, clears) = (&store, &clears);
                 async move {
-                    if let Err(error) = store.clear(chunk).await {
-                        tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
+                    if let Err(error) = bounded(timeout, store.clear(chunk)).await {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "clearing published events failed; the sweep will send them again"
+                        );
                     }
                     clears.release(chunk.iter().map(|p| p.id));
                 }

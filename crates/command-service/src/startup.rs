@@ -15,7 +15,6 @@ use crate::{
     config::Settings,
     metrics::OutboxBacklog,
     relay::Relay,
-    replica_locks::ReplicaLocks,
     routes,
     state::{AppState, Shared},
     store::BookStore,
@@ -42,19 +41,7 @@ impl Application {
         )
         .await?;
         let database = client.database(&settings.database);
-        let replica_locks = settings
-            .cross_replica_locks
-            .applies_to(&database)
-            .await
-            .with_context(|| format!("cannot reach MongoDB at {}", settings.mongo_url))?
-            .then(|| {
-                tracing::info!(
-                    "writes take locks shared by the replicas (CROSS_REPLICA_LOCKS={:?})",
-                    settings.cross_replica_locks
-                );
-                ReplicaLocks::new(&database, settings.replica_lock_ttl)
-            });
-        let store = BookStore::new(&database, replica_locks);
+        let store = BookStore::new(&database);
         store
             .ensure_indexes()
             .await
@@ -69,6 +56,7 @@ impl Application {
             settings.stream.clone(),
             settings.outbox_sweep_interval,
             settings.relay_lease,
+            settings.dependency_timeout,
         );
         let stop = Stop {
             token: CancellationToken::new(),

@@ -4,35 +4,22 @@
 //! therefore one single-document write: atomic without transactions.
 //!
 //! Conditional writes (the compare-and-set of a change, the relay's clear)
-//! also hold this process's lock on the document, and on a backend such as
-//! FerretDB v1, which does not apply an update's filter atomically (see
-//! `platform::locks`), a lock shared with the other replicas
-//! (`replica_locks`). A change holds it
-//! from the read of the current version until the database has answered its
-//! write (even when the request stops waiting), so writers in one process
-//! never lose a compare-and-set to each other.
+//! are one statement with the condition in the filter: MongoDB applies a
+//! single-document write atomically, so of two writers exactly one wins.
 
-use std::{collections::BTreeMap, future::IntoFuture, sync::Arc};
+use std::{collections::BTreeMap, future::IntoFuture};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
-use platform::{
-    document::{BookDocument, CorruptBook, StoredBook},
-    locks::{finish_locked, DocumentGuard, DocumentLocks},
-    mongo::GuardedWrites,
-};
+use platform::document::{BookDocument, CorruptBook, StoredBook};
 
 use domain::Book;
-
-use crate::replica_locks::{ReplicaLock, ReplicaLocks};
 
 const BOOKS: &str = "books";
 /// How many outbox clears run at once.
 const UPDATE_CONCURRENCY: usize = 8;
-/// Reads and writes of one outbox before leaving it to the sweep.
-const CLEAR_ATTEMPTS: usize = 3;
 
 /// Events published but not yet cleared from their book's outbox.
 #[derive(Debug, Clone)]
@@ -66,63 +53,15 @@ pub enum StoreError {
     Corrupt(#[from] CorruptBook),
 }
 
-/// This process's lock on one book document (and, where writes need it,
-/// the replicas' lock), held from reading a book to writing its next
-/// version.
-pub struct BookLock {
-    guard: Option<DocumentGuard>,
-    replica: Option<ReplicaLock>,
-}
-
-impl BookLock {
-    /// Gives both locks to `finish`, the replicas' before this process's.
-    fn into_parts(mut self) -> (Option<DocumentGuard>, Option<ReplicaLock>) {
-        (self.guard.take(), self.replica.take())
-    }
-}
-
-/// A lock dropped without a write (a failed precondition, nothing to
-/// change) gives the replicas' lock back before this process's, in the
-/// background: otherwise this process's relay could find the book still
-/// locked by the replicas and leave its outbox for a second publication.
-impl Drop for BookLock {
-    fn drop(&mut self) {
-        if let Some(replica) = self.replica.take() {
-            let guard = self.guard.take();
-            tokio::spawn(async move {
-                replica.release().await;
-                drop(guard);
-            });
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct BookStore {
     books: Collection<Document>,
-    locks: Arc<DocumentLocks>,
-    replica_locks: Option<Arc<ReplicaLocks>>,
-    writes: GuardedWrites,
 }
 
 impl BookStore {
-    /// A store whose writes also take the replicas' locks when
-    /// `replica_locks` is given.
-    pub fn new(db: &Database, replica_locks: Option<ReplicaLocks>) -> Self {
-        Self::with_writes(db, replica_locks, GuardedWrites::detect(db))
-    }
-
-    /// A store whose guarded writes are filtered as `writes` says.
-    pub fn with_writes(
-        db: &Database,
-        replica_locks: Option<ReplicaLocks>,
-        writes: GuardedWrites,
-    ) -> Self {
+    pub fn new(db: &Database) -> Self {
         Self {
             books: db.collection(BOOKS),
-            locks: Arc::default(),
-            replica_locks: replica_locks.map(Arc::new),
-            writes,
         }
     }
 
@@ -164,19 +103,6 @@ impl BookStore {
         Ok(())
     }
 
-    /// Waits for this process's lock on book `id`, then for the replicas'.
-    pub async fn lock(&self, id: ObjectId) -> mongodb::error::Result<BookLock> {
-        let guard = self.locks.lock(&id).await;
-        let replica = match &self.replica_locks {
-            Some(locks) => Some(locks.lock(id).await?),
-            None => None,
-        };
-        Ok(BookLock {
-            guard: Some(guard),
-            replica,
-        })
-    }
-
     /// The book with this id as the write model holds it, if any.
     #[tracing::instrument(skip_all, fields(book_id = %id))]
     pub async fn find(&self, id: ObjectId) -> Result<Option<StoredBook>, StoreError> {
@@ -191,12 +117,11 @@ impl BookStore {
 
     /// Writes `book` (the next version of a live book) and its event, if
     /// the stored book is still live at `expected`: a compare-and-set, so
-    /// of two writers that read the same version exactly one succeeds (the
-    /// caller holds the book's lock). Returns whether this write won.
+    /// of two writers that read the same version exactly one succeeds.
+    /// Returns whether this write won.
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn update(
         &self,
-        locked: BookLock,
         id: ObjectId,
         expected: u64,
         book: &Book,
@@ -213,7 +138,7 @@ impl BookStore {
             "$push": { "outbox": event_json },
             "$min": { "outboxAt": DateTime::now() },
         };
-        self.compare_and_set(locked, id, expected, update).await
+        self.compare_and_set(id, expected, update).await
     }
 
     /// Marks the book deleted at `version` (its content removed, the
@@ -222,7 +147,6 @@ impl BookStore {
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn delete(
         &self,
-        locked: BookLock,
         id: ObjectId,
         expected: u64,
         version: u64,
@@ -239,29 +163,17 @@ impl BookStore {
             "$push": { "outbox": event_json },
             "$min": { "outboxAt": DateTime::now() },
         };
-        self.compare_and_set(locked, id, expected, update).await
+        self.compare_and_set(id, expected, update).await
     }
 
     async fn compare_and_set(
         &self,
-        locked: BookLock,
         id: ObjectId,
         expected: u64,
         update: Document,
     ) -> mongodb::error::Result<bool> {
-        // The caller read the book live at `expected` under the lock.
-        let condition = doc! { "version": to_i64(expected), "deleted": { "$ne": true } };
-        let filter = self.writes.filter(id, condition).await?;
-        let books = self.books.clone();
-        let (guard, replica) = locked.into_parts();
-        let result = finish_locked(guard, async move {
-            let result = books.update_one(filter, update).await;
-            if let Some(replica) = replica {
-                replica.release().await;
-            }
-            result
-        })
-        .await?;
+        let filter = doc! { "_id": id, "version": to_i64(expected), "deleted": { "$ne": true } };
+        let result = self.books.update_one(filter, update).await?;
         Ok(result.modified_count == 1)
     }
 
@@ -314,114 +226,39 @@ impl BookStore {
     /// Clears published events from their outboxes; events added meanwhile
     /// stay pending.
     pub async fn clear(&self, published: &[Published]) -> mongodb::error::Result<()> {
-        if published.is_empty() {
-            return Ok(());
+        let mut by_book: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
+        for p in published {
+            by_book
+                .entry(p.id)
+                .or_default()
+                .extend(p.events.iter().cloned());
         }
-        let locked = self.locks.lock_all(published.iter().map(|p| p.id)).await;
-        // Books another replica is writing are left for a later clear (their
-        // events are sent again: a duplicate, harmless).
-        let (published, replica) = match &self.replica_locks {
-            Some(locks) => {
-                let ids: Vec<ObjectId> = published.iter().map(|p| p.id).collect();
-                let taken = locks.try_lock_all(&ids).await?;
-                let free: Vec<Published> = published
-                    .iter()
-                    .filter(|p| taken.holds(p.id))
-                    .cloned()
-                    .collect();
-                (free, Some(taken))
-            }
-            None => (published.to_vec(), None),
-        };
-        if published.is_empty() {
-            return Ok(());
-        }
-        let (books, writes) = (self.books.clone(), self.writes.clone());
-        finish_locked(locked, async move {
-            let cleared = clear_outboxes(&books, &writes, &published).await;
-            if let Some(replica) = replica {
-                replica.release().await;
-            }
-            cleared
-        })
-        .await
+        futures::stream::iter(by_book)
+            .map(|(id, sent)| async move { self.clear_outbox(id, sent).await })
+            .buffer_unordered(UPDATE_CONCURRENCY)
+            .try_collect()
+            .await
     }
-}
 
-/// Clears what `published` names from each book's outbox; the caller holds
-/// the books' locks.
-async fn clear_outboxes(
-    books: &Collection<Document>,
-    writes: &GuardedWrites,
-    published: &[Published],
-) -> mongodb::error::Result<()> {
-    // One task per book: FerretDB would let two concurrent updates of one
-    // document undo each other.
-    let mut by_book: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
-    for p in published {
-        by_book
-            .entry(p.id)
-            .or_default()
-            .extend(p.events.iter().cloned());
-    }
-    futures::stream::iter(by_book)
-        .map(|(id, sent)| async move { clear_outbox(books, writes, id, &sent).await })
-        .buffer_unordered(UPDATE_CONCURRENCY)
-        .try_collect()
-        .await
-}
-
-/// Removes `sent` from the outbox of book `id`: a read and a write, both
-/// looked up by `_id`, the write guarded by the outbox read. Should another
-/// replica keep adding events meanwhile, the sent ones are left for the
-/// sweep (sent again: a duplicate, harmless).
-///
-/// Where the filter holds the condition (MongoDB), the usual case of an
-/// outbox holding exactly what was sent is tried first as one write.
-async fn clear_outbox(
-    books: &Collection<Document>,
-    writes: &GuardedWrites,
-    id: ObjectId,
-    sent: &[String],
-) -> mongodb::error::Result<()> {
-    if writes.in_filter().await? {
-        let emptied = books
+    /// Removes `sent` from the outbox of book `id`. The usual case, an
+    /// outbox holding exactly what was sent, is one write that also ends
+    /// the book's wait; otherwise only the sent events are pulled, and the
+    /// events added meanwhile keep the book pending.
+    async fn clear_outbox(&self, id: ObjectId, sent: Vec<String>) -> mongodb::error::Result<()> {
+        let emptied = self
+            .books
             .update_one(
-                doc! { "_id": id, "outbox": sent },
+                doc! { "_id": id, "outbox": &sent },
                 doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } },
             )
             .await?;
-        if emptied.matched_count == 1 {
-            return Ok(());
+        if emptied.matched_count == 0 && !sent.is_empty() {
+            self.books
+                .update_one(doc! { "_id": id }, doc! { "$pullAll": { "outbox": sent } })
+                .await?;
         }
+        Ok(())
     }
-    for _ in 0..CLEAR_ATTEMPTS {
-        let Some(stored) = books
-            .find_one(doc! { "_id": id })
-            .projection(doc! { "_id": 0, "outbox": 1 })
-            .await?
-        else {
-            return Ok(());
-        };
-        let outbox = outbox_of(&stored);
-        let remaining: Vec<&String> = outbox
-            .iter()
-            .filter(|event| !sent.contains(event))
-            .collect();
-        if !outbox.is_empty() && remaining.len() == outbox.len() {
-            return Ok(());
-        }
-        let update = if remaining.is_empty() {
-            doc! { "$set": { "outbox": [] }, "$unset": { "outboxAt": "" } }
-        } else {
-            doc! { "$set": { "outbox": remaining } }
-        };
-        let filter = writes.filter(id, doc! { "outbox": &outbox }).await?;
-        if books.update_one(filter, update).await?.matched_count == 1 {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// The events of a book document's outbox.

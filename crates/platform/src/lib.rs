@@ -9,7 +9,6 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod lease;
-pub mod locks;
 pub mod metrics;
 pub mod mongo;
 pub mod openapi;

@@ -6,26 +6,21 @@
 //! duplicate or an older event changes nothing. Deletes leave a versioned
 //! tombstone, so an older create arriving late cannot resurrect a book.
 //!
-//! FerretDB v1 reads the documents an update matches and writes them back
-//! in a separate step, so two concurrent applies to one book could both
-//! pass the guard; applies of one book are therefore serialized within the
-//! process (`platform::locks`). Across replicas this takes MongoDB, which
-//! applies the filter and the write atomically.
+//! The guard is in the write's filter: MongoDB applies a single-document
+//! write atomically, so concurrent applies to one book, from any replica,
+//! cannot both pass it.
 //!
 //! Besides the book, each document holds `authorKey` (the author's
 //! `Author::key()`, what lists filter on) and `authorKeys`, every key the
 //! book ever had: the author summaries a change may affect (see `summary`).
 
-use std::sync::Arc;
-
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use domain::{Book, BookEvent, BookId, EventType};
 use futures::TryStreamExt;
 use mongodb::{options::ReturnDocument, Collection, Database, IndexModel};
-use platform::mongo::{is_duplicate_key, GuardedWrites};
 use platform::{
     document::{object_id, BookDocument, StoredBook},
-    locks::{finish_locked, DocumentLocks},
+    mongo::is_duplicate_key,
 };
 use serde::Deserialize;
 
@@ -54,8 +49,6 @@ pub struct Record {
 #[derive(Clone)]
 pub struct ReadModel {
     generation: ActiveGeneration,
-    locks: Arc<DocumentLocks>,
-    writes: GuardedWrites,
 }
 
 impl TryFrom<BookRecord> for Record {
@@ -67,13 +60,6 @@ impl TryFrom<BookRecord> for Record {
             author_keys: record.author_keys,
         })
     }
-}
-
-/// The version of a stored book.
-#[derive(Debug, Deserialize)]
-struct Version {
-    #[serde(default)]
-    version: i64,
 }
 
 /// A read-model document as stored: the book's fields and the author keys
@@ -95,18 +81,7 @@ impl ReadModel {
 
     /// The read model of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
-        let writes = GuardedWrites::detect(generation.database());
-        Self::with_writes(generation, writes)
-    }
-
-    /// The read model of `generation`, guarding its writes as `writes` says
-    /// rather than as the server's kind would.
-    pub fn with_writes(generation: ActiveGeneration, writes: GuardedWrites) -> Self {
-        Self {
-            writes,
-            generation,
-            locks: Arc::default(),
-        }
+        Self { generation }
     }
 
     fn books(&self) -> Collection<Document> {
@@ -159,7 +134,6 @@ impl ReadModel {
                     continue;
                 }
             };
-            let _locked = self.locks.lock(&id).await;
             self.books()
                 .update_one(
                     doc! { "_id": id, "version": version, "authorKeys": { "$exists": false } },
@@ -217,54 +191,33 @@ impl ReadModel {
             }
         };
         let books = self.books().clone_with_type::<BookRecord>();
-        let writes = self.writes.clone();
-        let locked = self.locks.lock(&id).await;
-        // To its end even if the apply times out (see `finish_locked`).
-        let (applied, written) = finish_locked(locked, async move {
-            // Where the filter below cannot hold the version condition
-            // (FerretDB), the version stored, looked up by `_id`, guards the
-            // write; a duplicate or an older event then costs no write
-            // either. On MongoDB the filter guards it in the same statement.
-            if !writes.in_filter().await? {
-                let stored = books
-                    .clone_with_type::<Version>()
-                    .find_one(doc! { "_id": id })
-                    .projection(doc! { "_id": 0, "version": 1 })
-                    .await?;
-                if stored.is_some_and(|stored| stored.version >= version) {
-                    return Ok((Applied::Stale, None));
-                }
+        // Matches only an older version. When the book is absent the upsert
+        // inserts it. When the insert collides on _id, the book exists
+        // (another replica applied a version meanwhile): try once more as a
+        // plain guarded update, which matches only if what is stored is
+        // still older. The write answers with the document it left, so
+        // nothing needs to read it again.
+        let filter = doc! { "_id": id, "version": { "$lt": version } };
+        let written = match books
+            .find_one_and_update(filter.clone(), update.clone())
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+        {
+            Ok(written) => written,
+            Err(error) if is_duplicate_key(&error) => {
+                books
+                    .find_one_and_update(filter, update)
+                    .return_document(ReturnDocument::After)
+                    .await?
             }
-            // Matches only an older version. When the book is absent the
-            // upsert inserts it. When the insert collides on _id, the book
-            // exists (another replica applied a version meanwhile): try once
-            // more as a plain guarded update, which matches only if what is
-            // stored is still older. The write answers with the document it
-            // left, so nothing needs to read it again.
-            let filter = writes
-                .filter(id, doc! { "version": { "$lt": version } })
-                .await?;
-            let written = match books
-                .find_one_and_update(filter.clone(), update.clone())
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .await
-            {
-                Ok(written) => written,
-                Err(error) if is_duplicate_key(&error) => {
-                    books
-                        .find_one_and_update(filter, update)
-                        .return_document(ReturnDocument::After)
-                        .await?
-                }
-                Err(error) => return Err(error),
-            };
-            Ok(match written {
-                Some(record) => (Applied::Written, Some(record)),
-                None => (Applied::Stale, None),
-            })
-        })
-        .await?;
+            Err(error) => return Err(error.into()),
+        };
+        let applied = if written.is_some() {
+            Applied::Written
+        } else {
+            Applied::Stale
+        };
         let record = written.map(Record::try_from).transpose()?;
         Ok((applied, record))
     }

@@ -25,21 +25,15 @@
 //! summary write leaves the event unacknowledged; its redelivery finds the
 //! book stale and updates the summaries all the same.
 //!
-//! Writers in one process also take a lock per author key. The `rev` check
-//! goes in the write's filter on MongoDB, where it is atomic; on FerretDB
-//! the filter is `_id` alone (see `platform::mongo::GuardedWrites`), so two
-//! replicas on FerretDB writing one author's summary at the same instant
-//! can lose one entry until that author's next change.
+//! The `rev` check is in the write's filter, which MongoDB applies
+//! atomically with the write.
 
-use std::{collections::BTreeSet, future::IntoFuture, sync::Arc};
+use std::{collections::BTreeSet, future::IntoFuture};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
-use platform::{
-    locks::DocumentLocks,
-    mongo::{is_duplicate_key, GuardedWrites},
-};
+use platform::mongo::is_duplicate_key;
 use serde::{Deserialize, Serialize};
 
 use crate::generation::ActiveGeneration;
@@ -119,8 +113,6 @@ enum Scope<'a> {
 #[derive(Clone)]
 pub struct AuthorSummaries {
     generation: ActiveGeneration,
-    locks: Arc<DocumentLocks>,
-    writes: GuardedWrites,
 }
 
 impl AuthorSummaries {
@@ -131,11 +123,7 @@ impl AuthorSummaries {
 
     /// The summaries of whatever generation is active.
     pub fn on(generation: ActiveGeneration) -> Self {
-        Self {
-            writes: GuardedWrites::detect(generation.database()),
-            generation,
-            locks: Arc::default(),
-        }
+        Self { generation }
     }
 
     /// The stored summary of the author with this key.
@@ -175,7 +163,6 @@ impl AuthorSummaries {
     }
 
     async fn converge(&self, key: &str, scope: Scope<'_>) -> anyhow::Result<()> {
-        let _locked = self.locks.lock(&key).await;
         // One generation throughout, even if a switch happens meanwhile.
         let collections = self.generation.collections();
         for _ in 0..MAX_ROUNDS {
@@ -202,7 +189,7 @@ impl AuthorSummaries {
             if kept.as_ref() == Some(&entries) {
                 return Ok(());
             }
-            if write(&collections.authors, &self.writes, key, rev, &entries).await? {
+            if write(&collections.authors, key, rev, &entries).await? {
                 return Ok(());
             }
             tracing::debug!(key, "author summary changed while written; reading again");
@@ -211,9 +198,8 @@ impl AuthorSummaries {
     }
 }
 
-/// The entries of those of `books` that are live under `key`. Each is
-/// read by `_id` alone, which FerretDB looks up by key (it scans for any
-/// other filter), and checked here.
+/// The entries of those of `books` that are live under `key`: point
+/// lookups by `_id`, run concurrently, each checked here.
 async fn read_entries(
     books: &Collection<Document>,
     key: &str,
@@ -271,7 +257,6 @@ fn in_creation_order(mut entries: Vec<Entry>) -> Vec<Entry> {
 /// before revisions were kept). Returns whether it was.
 async fn write(
     authors: &Collection<Document>,
-    writes: &GuardedWrites,
     key: &str,
     rev: Option<ObjectId>,
     entries: &[Entry],
@@ -280,7 +265,8 @@ async fn write(
         Some(rev) => doc! { "rev": rev },
         None => doc! { "rev": { "$exists": false } },
     };
-    let filter = writes.filter(key, condition).await?;
+    let mut filter = doc! { "_id": key };
+    filter.extend(condition);
     let Some(summary) = summarize(entries) else {
         return Ok(authors.delete_one(filter).await?.deleted_count == 1);
     };
@@ -295,8 +281,7 @@ async fn write(
         "rev": ObjectId::new(),
     };
     // Absent or without a revision: inserted, unless a concurrent writer
-    // inserted it first (a duplicate key). Where the filter is `_id` alone
-    // the lock makes the revision read the current one.
+    // inserted it first (a duplicate key).
     match authors
         .replace_one(filter, document)
         .upsert(rev.is_none())

@@ -419,9 +419,8 @@ async fn respond(
 }
 
 /// Reads the current version, checks the precondition, and writes the next
-/// version with a compare-and-set, holding this process's lock on the book
-/// throughout; a write that loses to another replica's starts over from
-/// the version that won (where `If-Match` then fails).
+/// version with a compare-and-set; a write that loses to a concurrent one
+/// starts over from the version that won (where `If-Match` then fails).
 async fn execute(
     state: &AppState,
     id: &BookId,
@@ -431,7 +430,6 @@ async fn execute(
 ) -> Result<Outcome, ApiError> {
     let object_id = object_id(id);
     for _ in 0..MAX_ATTEMPTS {
-        let locked = state.store.lock(object_id).await?;
         let current = match state.store.find(object_id).await.map_err(store_error)? {
             Some(StoredBook::Live(book)) => book,
             Some(StoredBook::Deleted { .. }) | None => {
@@ -455,7 +453,7 @@ async fn execute(
                 let json = event.to_json();
                 if state
                     .store
-                    .delete(locked, object_id, current.version, version, at, &json)
+                    .delete(object_id, current.version, version, at, &json)
                     .await?
                 {
                     publish(state, object_id, &event, json, stored_at);
@@ -484,7 +482,7 @@ async fn execute(
         let json = event.to_json();
         if state
             .store
-            .update(locked, object_id, current.version, &next, &json)
+            .update(object_id, current.version, &next, &json)
             .await?
         {
             publish(state, object_id, &event, json, stored_at);

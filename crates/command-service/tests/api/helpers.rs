@@ -43,8 +43,6 @@ pub(crate) async fn test_settings() -> Settings {
         relay_lease: Duration::from_secs(10),
         query_base_url: "http://query.test".to_owned(),
         body_limit: 16 * 1024,
-        cross_replica_locks: command_service::replica_locks::Mode::Auto,
-        replica_lock_ttl: Duration::from_secs(15),
         api_tokens: ApiTokens::parse(&format!("other-token, {TOKEN}")),
     }
 }

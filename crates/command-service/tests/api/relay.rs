@@ -179,7 +179,7 @@ async fn stopping_gracefully_loses_no_event() {
 /// crashed before publishing would leave them.
 async fn leave_pending(settings: &command_service::config::Settings, count: usize) {
     let db = test_support::mongo_database(&settings.database).await;
-    let store = command_service::store::BookStore::new(&db, None);
+    let store = command_service::store::BookStore::new(&db);
     for n in 0..count {
         let id = ObjectId::new();
         let draft = BookDraft::parse(&format!("Backlog {n}"), "Frank Herbert", 1965).unwrap();

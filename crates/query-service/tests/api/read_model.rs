@@ -1,10 +1,8 @@
-//! The read model's apply in the form MongoDB gets: the version condition
-//! in the write's filter and no read before it. The suite's other tests run
-//! the form the server at hand gets (on FerretDB, a read of the stored
-//! version guards the write).
+//! The read model's apply: the version condition in the write's filter and
+//! no read before it.
 
 use domain::BookEvent;
-use platform::{document::StoredBook, mongo::GuardedWrites};
+use platform::document::StoredBook;
 use query_service::{
     generation::ActiveGeneration,
     projection::{Applied, ReadModel},
@@ -20,12 +18,9 @@ fn title_of(current: &StoredBook) -> Option<&str> {
 }
 
 #[tokio::test]
-async fn with_the_version_in_the_filter_only_newer_events_are_written() {
+async fn only_events_newer_than_the_stored_version_are_written() {
     let app = spawn_app().await;
-    let read_model = ReadModel::with_writes(
-        ActiveGeneration::new(&app.db),
-        GuardedWrites::fixed(&app.db, true),
-    );
+    let read_model = ReadModel::on(ActiveGeneration::new(&app.db));
     let book = new_book("First");
 
     let (applied, record) = read_model
