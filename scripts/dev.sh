@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the whole system on this machine without Docker: FerretDB and Redis
-# (installed and started if needed), then command-service on :5000 and
+# Starts the whole system on this machine without Docker: FerretDB on
+# PostgreSQL, and Redis (installed and started if needed, see
+# scripts/servers.sh), then command-service on :5000 and
 # query-service on :5001, with their logs interleaved and prefixed. Ctrl-C
 # stops both services gracefully, then the servers this script started.
 #

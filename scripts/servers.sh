@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
 # Installs and starts the servers the books services need on a machine without
-# Docker: FerretDB v1.24.2 (MongoDB wire protocol, SQLite backend) and Redis 7.
+# Docker: FerretDB v1.24.2 (MongoDB wire protocol) on a PostgreSQL cluster of
+# our own, and Redis 7.
 #
 #   scripts/servers.sh up            install what is missing, start what is not
 #                                    running; prints the names it started
-#   scripts/servers.sh down [NAME..] stop the servers this script started
-#                                    (all, or only those named: ferretdb, redis)
+#   scripts/servers.sh down [NAME..] stop the servers this script started (all,
+#                                    or only those named: ferretdb, postgresql,
+#                                    redis)
 #   scripts/servers.sh status        say what answers where
 #   scripts/servers.sh ferretdb-bin  build FerretDB if needed (also when a
 #                                    server already answers) and print its path
 #
-# Idempotent: a second `up` reuses the built FerretDB binary and the running
-# servers. Everything lives under .local/ in the repository (gitignored).
+# Idempotent: a second `up` reuses the built FerretDB binary, the PostgreSQL
+# cluster and the running servers. Everything lives under .local/ in the
+# repository (gitignored), except PostgreSQL's data when the `postgres` user
+# cannot reach .local/ (see pg_home).
+#
+# Ports: FERRETDB_PORT (27017), REDIS_PORT (6379), POSTGRES_PORT (5433; when
+# taken by another program, the next free one, recorded in .local/run/).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state="${BOOKS_STATE_DIR:-$root/.local}"
 ferretdb_version="v1.24.2"
-# The build carries one fix (see build_ferretdb), hence its own name.
-ferretdb_bin="$state/bin/ferretdb-$ferretdb_version-idlookup"
+# Built with scripts/ferretdb-atomic-writes.patch (see build_ferretdb), hence
+# its own name.
+ferretdb_patch="$root/scripts/ferretdb-atomic-writes.patch"
+ferretdb_bin="$state/bin/ferretdb-$ferretdb_version-atomic"
 mongo_port="${FERRETDB_PORT:-27017}"
 redis_port="${REDIS_PORT:-6379}"
+pg_port="${POSTGRES_PORT:-5433}"
+pg_database=ferretdb
 
 log() { printf '[servers] %s\n' "$*" >&2; }
 
@@ -56,37 +67,173 @@ install_redis() {
 
 # A plain `go install .../cmd/ferretdb@v1.24.2` builds a binary that panics at
 # start: the module lacks build/version/version.txt. Build from a copy of the
-# module with that file written.
+# module with that file written and our patch applied: FerretDB v1 reads,
+# checks the filter and writes back in separate steps, so two conditional
+# writes to one document could both succeed; the patch makes update,
+# findAndModify and delete hold a lock (per document for a filter on one
+# `_id`, else per collection) from read to write, as atomic as on MongoDB.
+# The binary is rebuilt when the patch changes (its hash is kept beside it).
 build_ferretdb() {
-  [ -x "$ferretdb_bin" ] && return 0
+  local patch_sum
+  patch_sum=$(sha256sum <"$ferretdb_patch" | cut -d' ' -f1)
+  if [ -x "$ferretdb_bin" ] && [ "$(cat "$ferretdb_bin.patch-sha256" 2>/dev/null)" = "$patch_sum" ]; then
+    return 0
+  fi
   command -v go >/dev/null || { log "go is needed to build FerretDB"; return 1; }
-  log "building FerretDB $ferretdb_version (once; later runs reuse $ferretdb_bin)"
+  log "building FerretDB $ferretdb_version with $(basename "$ferretdb_patch") (once; later runs reuse $ferretdb_bin)"
   local src
   src=$(GOFLAGS=-mod=mod go mod download -json "github.com/FerretDB/FerretDB@$ferretdb_version" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [ -d "$src" ] || { log "could not download the FerretDB module"; return 1; }
-  local work="$state/build/ferretdb"
-  rm -rf "$work"
-  mkdir -p "$work" "$state/bin"
+  mkdir -p "$state/build" "$state/bin"
+  local work
+  work=$(mktemp -d "$state/build/ferretdb.XXXXXX")
   cp -r "$src/." "$work/"
   chmod -R u+w "$work"
   echo "$ferretdb_version" >"$work/build/version/version.txt"
-  # v1.24.2's SQLite backend looks documents up by `_id` (finds, updates,
-  # deletes) with the expression `_ferretdb_sjson->'$._id'`, while its
-  # unique `_id` index is on `_ferretdb_sjson->"_id"`: the same value, but
-  # SQLite matches index expressions by their text, so every lookup by `_id`
-  # scans and parses the whole table. Written the way the index is, the
-  # lookup uses the index; nothing else changes.
-  local metadata="$work/internal/backends/sqlite/metadata/metadata.go"
-  grep -q "IDColumn = DefaultColumn + \"->'\$._id'\"" "$metadata" ||
-    { log "FerretDB's _id lookup is not the expected one; not patching blind"; return 1; }
-  sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \"->\\\\\"_id\\\\\"\"|" "$metadata"
+  if ! (cd "$work" && patch -p1 --forward --batch --silent <"$ferretdb_patch") >&2; then
+    log "ERROR: $ferretdb_patch no longer applies to FerretDB $ferretdb_version; not building an unpatched server"
+    rm -rf "$work"
+    return 1
+  fi
   # Go fetches the toolchain the module names (go1.24.x) if the local one
   # cannot build it; both come through the Go module proxy.
   (cd "$work" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" CGO_ENABLED=0 \
-    go build -trimpath -o "$ferretdb_bin.tmp" ./cmd/ferretdb)
-  mv "$ferretdb_bin.tmp" "$ferretdb_bin"
+    go build -trimpath -o "$ferretdb_bin.tmp.$$" ./cmd/ferretdb)
+  mv "$ferretdb_bin.tmp.$$" "$ferretdb_bin"
+  echo "$patch_sum" >"$ferretdb_bin.patch-sha256"
   rm -rf "$work"
+}
+
+# PostgreSQL refuses to run as root: as root, its programs run as the
+# `postgres` user the Debian package creates; otherwise as the current user.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || { log "no postgres user to run PostgreSQL as (root may not)"; return 1; }
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# The folder of our cluster: .local/postgresql when the user PostgreSQL runs
+# as can reach it, else one under /var/tmp named after a hash of .local's path
+# (so each checkout keeps its own). Holds data/ (the cluster), socket/ and
+# postgresql.log.
+pg_home() {
+  mkdir -p "$state"
+  if as_pg test -x "$state" 2>/dev/null; then
+    echo "$state/postgresql"
+  else
+    echo "/var/tmp/books-postgresql-$(printf '%s' "$state" | sha256sum | cut -c1-12)"
+  fi
+}
+
+# The bin folder of the newest PostgreSQL installed (or of the version that
+# initialised our cluster, if it is still installed).
+pg_bindir() {
+  local want="" dir
+  [ -f "$(pg_home)/data/PG_VERSION" ] && want=$(cat "$(pg_home)/data/PG_VERSION")
+  if [ -n "$want" ] && [ -x "/usr/lib/postgresql/$want/bin/postgres" ]; then
+    echo "/usr/lib/postgresql/$want/bin"
+    return 0
+  fi
+  dir=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  [ -x "$dir/postgres" ] || return 1
+  echo "$dir"
+}
+
+install_postgresql() {
+  pg_bindir >/dev/null && return 0
+  command -v apt-get >/dev/null || { log "PostgreSQL missing and no apt-get: install PostgreSQL 15+"; return 1; }
+  log "installing postgresql from Debian packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  # The package may start Debian's own cluster (not ours to stop later);
+  # stop and disable it: ours runs below, from a folder of ours.
+  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl disable --now postgresql >/dev/null 2>&1 || true
+  else
+    service postgresql stop >/dev/null 2>&1 || true
+  fi
+  pg_bindir >/dev/null || { log "PostgreSQL installed, but no /usr/lib/postgresql/*/bin/postgres"; return 1; }
+}
+
+# Whether our cluster runs (a postmaster.pid naming a live postmaster of it).
+pg_running() {
+  local home bindir
+  home=$(pg_home)
+  [ -f "$home/data/postmaster.pid" ] || return 1
+  bindir=$(pg_bindir) || return 1
+  as_pg "$bindir/pg_ctl" -D "$home/data" status >/dev/null 2>&1
+}
+
+# The port our running cluster listens on (4th line of postmaster.pid).
+pg_running_port() {
+  sed -n 4p "$(pg_home)/data/postmaster.pid"
+}
+
+start_postgresql() {
+  install_postgresql
+  local home bindir
+  home=$(pg_home)
+  mkdir -p "$state/run"
+  if pg_running; then
+    pg_port=$(pg_running_port)
+    echo "$pg_port" >"$state/run/postgresql.port"
+    log "PostgreSQL (ours) already runs on 127.0.0.1:$pg_port (data in $home/data)"
+    return 0
+  fi
+  bindir=$(pg_bindir)
+  mkdir -p "$home"
+  chmod 700 "$home"
+  [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$home"
+  if [ ! -f "$home/data/PG_VERSION" ]; then
+    log "creating a PostgreSQL cluster in $home/data"
+    # In a side folder first, so that an interrupted initdb is redone.
+    as_pg rm -rf "$home/data.init"
+    as_pg "$bindir/initdb" -D "$home/data.init" -U postgres -A trust -E UTF8 --locale=C >"$state/run/initdb.log" 2>&1 ||
+      { log "initdb failed:"; cat "$state/run/initdb.log" >&2; return 1; }
+    as_pg mv "$home/data.init" "$home/data"
+  fi
+  as_pg mkdir -p "$home/socket"
+  # POSTGRES_PORT if free, else the next free port.
+  local port=$pg_port
+  while port_open "$port"; do
+    port=$((port + 1))
+    [ "$port" -lt $((pg_port + 100)) ] || { log "no free port for PostgreSQL from $pg_port"; return 1; }
+  done
+  [ "$port" = "$pg_port" ] || log "port $pg_port is taken; PostgreSQL gets $port"
+  pg_port=$port
+  started+=(postgresql)
+  log "starting PostgreSQL on 127.0.0.1:$pg_port (data in $home/data)"
+  # fsync and synchronous_commit on (the defaults, said out loud): an
+  # acknowledged write is on disk, as with MongoDB's journal.
+  as_pg "$bindir/pg_ctl" -D "$home/data" -l "$home/postgresql.log" -w -t 60 -s \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$home/socket -c fsync=on -c synchronous_commit=on" \
+    start >&2 || { log "PostgreSQL did not start; last lines of $home/postgresql.log:"; tail -n 30 "$home/postgresql.log" >&2; return 1; }
+  echo "$pg_port" >"$state/run/postgresql.port"
+}
+
+# The database FerretDB keeps its collections in.
+pg_create_database() {
+  local home bindir
+  home=$(pg_home)
+  bindir=$(pg_bindir)
+  if [ "$(as_pg "$bindir/psql" -h "$home/socket" -p "$pg_port" -U postgres -d postgres -tAXc \
+    "SELECT 1 FROM pg_database WHERE datname = '$pg_database'")" != 1 ]; then
+    as_pg "$bindir/createdb" -h "$home/socket" -p "$pg_port" -U postgres "$pg_database"
+  fi
+}
+
+stop_postgresql() {
+  pg_running || return 0
+  local home
+  home=$(pg_home)
+  log "stopping PostgreSQL (data in $home/data)"
+  as_pg "$(pg_bindir)/pg_ctl" -D "$home/data" -m fast -w -s stop >&2 || true
+  rm -f "$state/run/postgresql.port"
 }
 
 start_ferretdb() {
@@ -94,13 +241,15 @@ start_ferretdb() {
     log "MongoDB-compatible server already answers on 127.0.0.1:$mongo_port"
     return 0
   fi
-  started+=(ferretdb)
   build_ferretdb
-  mkdir -p "$state/ferretdb/data" "$state/log" "$state/run"
-  log "starting FerretDB on 127.0.0.1:$mongo_port (data in $state/ferretdb/data)"
+  start_postgresql
+  pg_create_database
+  started+=(ferretdb)
+  mkdir -p "$state/ferretdb" "$state/log" "$state/run"
+  log "starting FerretDB on 127.0.0.1:$mongo_port (PostgreSQL database $pg_database on 127.0.0.1:$pg_port)"
   nohup "$ferretdb_bin" \
-    --handler=sqlite \
-    --sqlite-url="file:$state/ferretdb/data/" \
+    --handler=postgresql \
+    --postgresql-url="postgres://postgres@127.0.0.1:$pg_port/$pg_database" \
     --state-dir="$state/ferretdb" \
     --listen-addr="127.0.0.1:$mongo_port" \
     --debug-addr="${FERRETDB_DEBUG_ADDR:--}" \
@@ -162,13 +311,15 @@ case "${1:-up}" in
     ;;
   down)
     shift
-    for name in "${@:-ferretdb redis}"; do
-      for n in $name; do
-        case "$n" in
-          redis) stop_one redis redis-server ;;
-          *) stop_one "$n" ;;
-        esac
-      done
+    names=" ${*:-ferretdb postgresql redis} "
+    # FerretDB before the PostgreSQL it uses, whatever the order given.
+    for n in ferretdb postgresql redis; do
+      case "$names" in *" $n "*) ;; *) continue ;; esac
+      case "$n" in
+        redis) stop_one redis redis-server ;;
+        postgresql) stop_postgresql ;;
+        *) stop_one "$n" ;;
+      esac
     done
     ;;
   ferretdb-bin)
@@ -177,6 +328,11 @@ case "${1:-up}" in
     ;;
   status)
     port_open "$mongo_port" && echo "mongodb: up on 127.0.0.1:$mongo_port" || echo "mongodb: down"
+    if pg_running; then
+      echo "postgresql: up on 127.0.0.1:$(pg_running_port) (ours, data in $(pg_home)/data)"
+    else
+      echo "postgresql: down"
+    fi
     port_open "$redis_port" && echo "redis: up on 127.0.0.1:$redis_port" || echo "redis: down"
     ;;
   *)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (unit, service and end-to-end tests) against real
-# FerretDB and Redis, starting them first if they are not running and
-# stopping afterwards the ones it started, then validates both OpenAPI
+# FerretDB (on PostgreSQL) and Redis, starting them first if they are not
+# running and stopping afterwards the ones it started (scripts/servers.sh;
+# tests/database proves that the MongoDB-compatible server on MONGO_URL makes
+# a conditional single-document write atomic), then validates both OpenAPI
 # documents and fuzzes both APIs against them (schemathesis). Extra
 # arguments go to `cargo test` (and skip the validation and the fuzzing).
 set -euo pipefail
