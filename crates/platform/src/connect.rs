@@ -4,7 +4,10 @@
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
+use mongodb::{
+    event::{command::CommandEvent, EventHandler},
+    options::{Acknowledgment, ClientOptions, WriteConcern},
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A connection URL that may hold a password: its `Debug` and `Display`
@@ -43,8 +46,9 @@ impl fmt::Debug for RedactedUrl {
 
 /// A MongoDB client whose operations give up after `timeout` when no server
 /// can be reached, writing with majority and journal acknowledgement unless
-/// the URL says otherwise. The driver connects lazily and reconnects by
-/// itself.
+/// the URL says otherwise, and counting every command it sends by name
+/// (`books_mongodb_commands_total`). The driver connects lazily and
+/// reconnects by itself.
 pub async fn mongo_client(
     url: &RedactedUrl,
     app_name: &str,
@@ -67,6 +71,11 @@ pub async fn mongo_client(
     }
     options.server_selection_timeout = Some(timeout);
     options.connect_timeout = Some(timeout);
+    options.command_event_handler = Some(EventHandler::callback(|event| {
+        if let CommandEvent::Started(started) = event {
+            crate::metrics::mongodb_command_started(started.command_name);
+        }
+    }));
     mongodb::Client::with_options(options).context("cannot build the MongoDB client")
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Every request is counted and timed by method, route template (never the
 //! raw path, whose ids would make a series per book) and status, except
-//! the scrapes themselves.
+//! the scrapes themselves; every MongoDB command a client of
+//! `connect::mongo_client` sends is counted by command name.
 
 use std::{
     fmt::Write as _,
@@ -32,6 +33,7 @@ pub const PATH: &str = "/metrics";
 
 const REQUESTS: &str = "books_http_requests_total";
 const REQUEST_DURATION: &str = "books_http_request_duration_seconds";
+const MONGODB_COMMANDS: &str = "books_mongodb_commands_total";
 /// The `route` of a request that matched no route (a 404), so that
 /// made-up paths cannot each become a series.
 const UNMATCHED: &str = "unmatched";
@@ -65,6 +67,10 @@ pub fn recorder() -> &'static PrometheusHandle {
         metrics::describe_histogram!(
             REQUEST_DURATION,
             "Time to answer an HTTP request, by method, route template and status"
+        );
+        metrics::describe_counter!(
+            MONGODB_COMMANDS,
+            "MongoDB commands sent, retries included, by command name (insert, find, update, ...; not the handshakes and heartbeats, which are no commands to the driver's monitoring)"
         );
         handle
     })
@@ -102,6 +108,12 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(REQUEST_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The driver started a command named `command`: one increment, and the
+/// event's own name moved into the label rather than copied.
+pub(crate) fn mongodb_command_started(command: String) {
+    metrics::counter!(MONGODB_COMMANDS, "command" => command).increment(1);
 }
 
 /// The method as a label: clients may send any token, and each would be a

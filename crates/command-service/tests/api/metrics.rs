@@ -1,5 +1,6 @@
 //! `/metrics`: requests by route template and status, events appended and
-//! published, and the outbox backlog read at scrape time.
+//! published, MongoDB commands by name, and the outbox backlog read at
+//! scrape time.
 //!
 //! Counters are shared by every test of this binary: each test compares
 //! before and after, and expects at least its own share.
@@ -115,6 +116,27 @@ async fn events_appended_and_published_are_counted_by_type() {
                 "{name} {labels:?}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn mongodb_commands_are_counted_by_name() {
+    let app = spawn_app().await;
+    let before = scrape(&app).await;
+
+    // A create: the insert, then the relay's clear of the outbox.
+    app.create_relayed_book(0).await;
+
+    let after = scrape(&app).await;
+    assert!(after.declares("books_mongodb_commands_total", "counter"));
+    for command in ["insert", "update"] {
+        let labels = [("command", command)];
+        assert!(
+            after.count("books_mongodb_commands_total", &labels)
+                - before.count("books_mongodb_commands_total", &labels)
+                >= 1.0,
+            "{command}"
+        );
     }
 }
 
