@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::{load::new_histogram, targets::System};
+use crate::{cost::Cost, load::new_histogram, targets::System};
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Lag {
@@ -24,6 +24,8 @@ pub(crate) struct Lag {
     pub(crate) max_ms: f64,
     /// The first failed probe's error, if any.
     pub(crate) first_error: Option<String>,
+    /// What each service spent per write (and its probe's reads).
+    pub(crate) cost: Option<Cost>,
 }
 
 impl Lag {
@@ -43,6 +45,7 @@ impl Lag {
             p99_ms: ms(histogram.value_at_quantile(0.99)),
             max_ms: ms(histogram.max()),
             first_error,
+            cost: None,
         }
     }
 }

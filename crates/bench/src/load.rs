@@ -14,6 +14,8 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cost::Cost;
+
 /// One operation, given the worker's number and its iteration.
 pub(crate) type Operation = Arc<
     dyn Fn(usize, u64) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync,
@@ -32,7 +34,10 @@ where
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Measurement {
     pub(crate) concurrency: usize,
+    /// Successful operations after the warm-up.
     pub(crate) requests: u64,
+    /// Every operation sent, the warm-up's and the failed ones included.
+    pub(crate) sent: u64,
     pub(crate) errors: u64,
     pub(crate) seconds: f64,
     pub(crate) throughput: f64,
@@ -43,13 +48,17 @@ pub(crate) struct Measurement {
     pub(crate) max_ms: f64,
     /// The first error seen, to tell a broken run from a slow one.
     pub(crate) first_error: Option<String>,
+    /// What each service spent per operation sent, for the system's own
+    /// routes (not the floors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cost: Option<Cost>,
 }
 
 impl Measurement {
     pub(crate) fn from_histogram(
         concurrency: usize,
         histogram: &Histogram<u64>,
-        errors: u64,
+        (sent, errors): (u64, u64),
         elapsed: Duration,
         first_error: Option<String>,
     ) -> Self {
@@ -58,6 +67,7 @@ impl Measurement {
         Self {
             concurrency,
             requests,
+            sent,
             errors,
             seconds: elapsed.as_secs_f64(),
             throughput: requests as f64 / elapsed.as_secs_f64(),
@@ -66,6 +76,7 @@ impl Measurement {
             p99_ms: ms(histogram.value_at_quantile(0.99)),
             max_ms: ms(histogram.max()),
             first_error,
+            cost: None,
         }
     }
 }
@@ -115,21 +126,28 @@ pub(crate) async fn closed_loop(
                         }
                     }
                 }
-                (histogram, errors, first_error)
+                (histogram, iteration, errors, first_error)
             })
         })
         .collect();
     let mut histogram = new_histogram();
-    let mut errors = 0;
+    let (mut sent, mut errors) = (0, 0);
     let mut first_error = None;
     for worker in workers {
-        let (h, e, first) = worker.await.expect("a load worker panicked");
+        let (h, s, e, first) = worker.await.expect("a load worker panicked");
         histogram.add(h).expect("histograms with the same bounds");
+        sent += s;
         errors += e;
         if first_error.is_none() {
             first_error = first;
         }
     }
     let elapsed = Instant::now().saturating_duration_since(measure_from);
-    Measurement::from_histogram(concurrency, &histogram, errors, elapsed, first_error)
+    Measurement::from_histogram(
+        concurrency,
+        &histogram,
+        (sent, errors),
+        elapsed,
+        first_error,
+    )
 }

@@ -2,10 +2,12 @@
 //! `scripts/bench.sh`) and measures, with one load generator, each route's
 //! throughput and latency at several concurrency levels next to its floor
 //! (a trivial axum handler; the raw MongoDB and Redis operations behind the
-//! route), the propagation lag from command to query side, and the
-//! services' memory. Prints a table and writes `target/bench/report.json`
-//! and `target/bench/throughput.svg`. It asserts nothing: figures depend on
-//! the machine.
+//! route), the propagation lag from command to query side, what each
+//! request costs each service (MongoDB commands by name, CPU time: figures
+//! that do not depend on the server's speed), and the services' memory.
+//! Prints a table and writes `target/bench/report.json` and
+//! `target/bench/throughput.svg`. It asserts nothing: figures depend on the
+//! machine.
 //!
 //! ```text
 //! bench [--smoke] [--duration-secs N] [--concurrency 1,16,64] [--soak-secs N]
@@ -15,13 +17,15 @@
 //! (http://127.0.0.1:5001), `BENCH_TOKEN` (books-dev-token), and the
 //! services' own `MONGO_URL`, `REDIS_URL`, `WRITE_DB_NAME`, `READ_DB_NAME`,
 //! `CACHE_KEY_PREFIX` for the floors; `COMMAND_PID` and `QUERY_PID` name
-//! the processes whose memory is read (else they are found by name). It
-//! creates books in the system (a hot set and whatever the create runs
-//! write); its scratch collection and stream are removed at the end.
+//! the processes whose memory and CPU time are read (else they are found
+//! by name). It creates books in the system (a hot set and whatever the
+//! create runs write); its scratch collection and stream are removed at the
+//! end.
 //! `bench --drop-databases` drops both databases and does nothing else: for
 //! a system started for the run, once its services have stopped (FerretDB
 //! crashes when a database is dropped while a query reads it).
 
+mod cost;
 mod lag;
 mod load;
 mod memory;
@@ -34,6 +38,7 @@ use anyhow::Context;
 use rand::Rng;
 
 use crate::{
+    cost::{Cost, Meter, Snapshot},
     load::{closed_loop, operation, Measurement, Operation},
     report::{Report, Scenario, ServiceMemory, Soak},
     targets::{Drivers, System},
@@ -45,6 +50,18 @@ const HOT_SET: usize = 100;
 /// one the whole pipeline keeps up with on the development machine, one just
 /// past what it sustains there, and the target's.
 const STEADY_RATES: [f64; 3] = [20.0, 100.0, 500.0];
+
+/// What a workload drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// A floor: no service is involved.
+    Floor,
+    /// The system, reading only.
+    Reads,
+    /// The system, writing: the query side applies the events after the
+    /// answers, so a run is over once it has caught up.
+    Writes,
+}
 
 struct Options {
     smoke: bool,
@@ -139,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let memory_idle = memory();
+    let meter = Meter::new(system.clone()).await;
 
     eprintln!("[bench] creating a hot set of {HOT_SET} books");
     let mut hot = Vec::with_capacity(HOT_SET);
@@ -157,54 +175,55 @@ async fn main() -> anyhow::Result<()> {
         "unused",
     )?;
 
+    use Load::{Floor, Reads, Writes};
     let pick = {
         let hot = hot.clone();
         move || hot[rand::thread_rng().gen_range(0..hot.len())].clone()
     };
-    let workloads: Vec<(&'static str, Option<&'static str>, Operation)> = vec![
-        ("http floor", None, {
+    let workloads: Vec<(&'static str, Option<&'static str>, Load, Operation)> = vec![
+        ("http floor", None, Floor, {
             let (client, pick) = (floor_system.clone(), pick.clone());
             operation(move |_, _| {
                 let (client, id) = (client.clone(), pick());
                 async move { client.read(&id).await }
             })
         }),
-        ("redis floor (HGETALL)", None, {
+        ("redis floor (HGETALL)", None, Floor, {
             let (drivers, pick) = (drivers.clone(), pick.clone());
             operation(move |_, _| {
                 let (drivers, id) = (drivers.clone(), pick());
                 async move { drivers.cache_read(&id).await }
             })
         }),
-        ("GET /books/{id}", Some("http floor"), {
+        ("GET /books/{id}", Some("http floor"), Reads, {
             let (system, pick) = (system.clone(), pick.clone());
             operation(move |_, _| {
                 let (system, id) = (system.clone(), pick());
                 async move { system.read(&id).await }
             })
         }),
-        ("mongo floor (find 20)", None, {
+        ("mongo floor (find 20)", None, Floor, {
             let drivers = drivers.clone();
             operation(move |_, _| {
                 let drivers = drivers.clone();
                 async move { drivers.find_page().await }
             })
         }),
-        ("GET /books", Some("mongo floor (find 20)"), {
+        ("GET /books", Some("mongo floor (find 20)"), Reads, {
             let system = system.clone();
             operation(move |_, _| {
                 let system = system.clone();
                 async move { system.list().await }
             })
         }),
-        ("driver floor (insert+XADD)", None, {
+        ("driver floor (insert+XADD)", None, Floor, {
             let drivers = drivers.clone();
             operation(move |worker, n| {
                 let drivers = drivers.clone();
                 async move { drivers.insert_and_append((worker as u64) << 32 | n).await }
             })
         }),
-        ("POST /books", Some("driver floor (insert+XADD)"), {
+        ("POST /books", Some("driver floor (insert+XADD)"), Writes, {
             let system = system.clone();
             operation(move |worker, n| {
                 let system = system.clone();
@@ -216,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
         }),
-        ("mix 90% read/10% write", Some("http floor"), {
+        ("mix 90% read/10% write", Some("http floor"), Writes, {
             let (system, pick) = (system.clone(), pick.clone());
             operation(move |worker, n| {
                 let (system, id) = (system.clone(), pick());
@@ -234,15 +253,25 @@ async fn main() -> anyhow::Result<()> {
         }),
     ];
 
+    // Every run that writes ends once the query side has caught up, so
+    // each run, and each lag run after them, starts from an empty backlog.
     let mut scenarios = Vec::new();
-    for (name, floor, op) in &workloads {
+    for (name, floor, load, op) in &workloads {
         let mut runs: Vec<Measurement> = Vec::new();
         for &concurrency in &options.concurrency {
             eprintln!(
                 "[bench] {name} with {concurrency} clients for {:?}",
                 options.duration
             );
-            runs.push(closed_loop(op, concurrency, options.duration).await);
+            let before = match load {
+                Load::Floor => None,
+                Load::Reads | Load::Writes => Some(meter.snapshot().await),
+            };
+            let mut run = closed_loop(op, concurrency, options.duration).await;
+            if let Some(before) = before {
+                run.cost = cost_since(&meter, &system, &before, run.sent, *load).await;
+            }
+            runs.push(run);
         }
         scenarios.push(Scenario {
             name,
@@ -256,26 +285,26 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Duration::from_secs(5)
     };
-    // The workloads above leave events to apply, and so does each lag run;
-    // each lag run starts from an empty backlog.
-    eprintln!("[bench] waiting for the query side to apply the events so far");
-    let caught_up_after_secs = caught_up(&system).await;
     let mut lags = Vec::new();
-    for (run, &rate) in options.lag_rates.iter().enumerate() {
-        if run > 0 {
-            caught_up(&system).await;
-        }
+    for &rate in &options.lag_rates {
         eprintln!("[bench] propagation lag at {rate} writes/s for {lag_time:?}");
-        lags.push(lag::steady(&system, rate, lag_time).await);
+        let before = meter.snapshot().await;
+        let mut lag = lag::steady(&system, rate, lag_time).await;
+        let writes = lag.samples + lag.errors;
+        lag.cost = cost_since(&meter, &system, &before, writes, Load::Writes).await;
+        lags.push(lag);
     }
-    caught_up(&system).await;
     eprintln!("[bench] propagation lag at saturation for {lag_time:?}");
-    lags.push(lag::saturated(&system, 32, lag_time).await);
+    let before = meter.snapshot().await;
+    let mut lag = lag::saturated(&system, 32, lag_time).await;
+    let writes = lag.samples + lag.errors;
+    lag.cost = cost_since(&meter, &system, &before, writes, Load::Writes).await;
+    lags.push(lag);
     let memory_after = memory();
 
     let soak = match options.soak {
         None => None,
-        Some(duration) => Some(soak(&workloads[7].2, duration).await),
+        Some(duration) => Some(soak(&workloads[7].3, duration).await),
     };
     drivers.clean_up().await;
 
@@ -285,7 +314,6 @@ async fn main() -> anyhow::Result<()> {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         scenarios,
         lag: lags,
-        caught_up_after_secs,
         memory_idle,
         memory_after,
         soak,
@@ -298,6 +326,26 @@ async fn main() -> anyhow::Result<()> {
         directory.display()
     );
     Ok(())
+}
+
+/// What each service spent per request since `before`, over the `sent`
+/// requests of a run of `load`: for writes, once the query side has caught
+/// up (the marker book of that wait counts as one more request).
+async fn cost_since(
+    meter: &Meter,
+    system: &System,
+    before: &Snapshot,
+    sent: u64,
+    load: Load,
+) -> Option<Cost> {
+    if load != Load::Writes {
+        return meter.cost_since(before, sent).await;
+    }
+    eprintln!("[bench] waiting for the query side to apply the run's events");
+    let caught_up_after_secs = caught_up(system).await;
+    let mut cost = meter.cost_since(before, sent + 1).await?;
+    cost.caught_up_after_secs = caught_up_after_secs;
+    Some(cost)
 }
 
 /// Runs the mixed workload at 16 clients for `duration`, sampling each

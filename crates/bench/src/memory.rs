@@ -17,10 +17,7 @@ pub(crate) struct Memory {
 /// The memory of the process whose id `pid_variable` holds, else of the
 /// one named `name` (its `comm`, at most 15 characters) if exactly one runs.
 pub(crate) fn of(name: &str, pid_variable: &str) -> Option<Memory> {
-    let pid = match std::env::var(pid_variable) {
-        Ok(pid) => pid.parse().ok()?,
-        Err(_) => only_process_named(name)?,
-    };
+    let pid = pid(name, pid_variable)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |key: &str| -> Option<f64> {
         let line = status.lines().find(|line| line.starts_with(key))?;
@@ -32,6 +29,14 @@ pub(crate) fn of(name: &str, pid_variable: &str) -> Option<Memory> {
         rss_mib: field("VmRSS:")?,
         peak_mib: field("VmHWM:")?,
     })
+}
+
+/// The id in `pid_variable`, else that of the only process named `name`.
+pub(crate) fn pid(name: &str, pid_variable: &str) -> Option<u32> {
+    match std::env::var(pid_variable) {
+        Ok(pid) => pid.parse().ok(),
+        Err(_) => only_process_named(name),
+    }
 }
 
 fn only_process_named(name: &str) -> Option<u32> {

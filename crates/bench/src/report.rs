@@ -6,7 +6,12 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::{lag::Lag, load::Measurement, memory::Memory};
+use crate::{
+    cost::{Cost, ServiceCost},
+    lag::Lag,
+    load::Measurement,
+    memory::Memory,
+};
 
 /// One workload at every concurrency level.
 #[derive(Debug, Clone, Serialize)]
@@ -38,9 +43,6 @@ pub(crate) struct Report {
     pub(crate) cores: usize,
     pub(crate) scenarios: Vec<Scenario>,
     pub(crate) lag: Vec<Lag>,
-    /// How long the query side took, after the throughput workloads, to
-    /// apply their events (the lag runs start from an empty backlog).
-    pub(crate) caught_up_after_secs: Option<f64>,
     pub(crate) memory_idle: ServiceMemory,
     pub(crate) memory_after: ServiceMemory,
     pub(crate) soak: Option<Soak>,
@@ -114,9 +116,7 @@ impl Report {
                 println!("    first error: {error}");
             }
         }
-        if let Some(seconds) = self.caught_up_after_secs {
-            println!("  (before the lag runs, the query side took {seconds:.1} s to apply the earlier workloads' events)");
-        }
+        self.print_costs();
         println!("\nresident memory (MiB)");
         for (name, idle, after) in [
             (
@@ -153,6 +153,65 @@ impl Report {
                 growth(&soak.command_service_mib),
                 growth(&soak.query_service_mib)
             );
+        }
+    }
+
+    /// Each service's cost per request: for each workload at its highest
+    /// concurrency, and for each lag run.
+    fn print_costs(&self) {
+        let workloads = self.scenarios.iter().filter_map(|scenario| {
+            let run = scenario.runs.iter().max_by_key(|run| run.concurrency)?;
+            Some((
+                scenario.name.to_owned(),
+                Some(run.concurrency),
+                run.cost.as_ref()?,
+            ))
+        });
+        let lags = self.lag.iter().filter_map(|lag| {
+            let name = if lag.target_rate > 0.0 {
+                format!("lag {:.0} writes/s", lag.target_rate)
+            } else {
+                "lag at saturation".to_owned()
+            };
+            Some((name, None, lag.cost.as_ref()?))
+        });
+        let rows: Vec<(String, Option<usize>, &Cost)> = workloads.chain(lags).collect();
+        if rows.is_empty() {
+            return;
+        }
+        println!(
+            "\ncost per request, for each workload at its most clients (CPU time from /proc, MongoDB commands from books_mongodb_commands_total; writes: until the query side caught up)"
+        );
+        println!(
+            "{:<22} {:>5}  {:<15} {:>7} {:>8}  by command",
+            "workload", "conc", "service", "CPU µs", "commands"
+        );
+        for (name, concurrency, cost) in rows {
+            let concurrency = concurrency.map_or_else(|| "-".to_owned(), |c| c.to_string());
+            for (service, figures, first) in [
+                ("command-service", &cost.command_service, true),
+                ("query-service", &cost.query_service, false),
+            ] {
+                let (name, concurrency) = if first {
+                    (name.as_str(), concurrency.as_str())
+                } else {
+                    ("", "")
+                };
+                let caught_up = match (first, cost.caught_up_after_secs) {
+                    (false, Some(seconds)) => format!("  (caught up {seconds:.1} s after the run)"),
+                    _ => String::new(),
+                };
+                println!(
+                    "{name:<22} {concurrency:>5}  {service:<15} {:>7} {:>8}  {}{caught_up}",
+                    figures
+                        .cpu_us
+                        .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
+                    figures
+                        .database_commands
+                        .map_or_else(|| "-".to_owned(), per_request),
+                    by_command(figures),
+                );
+            }
         }
     }
 
@@ -220,4 +279,25 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// A count per request, to two decimals; what rounds to nothing is shown
+/// as such rather than as 0.
+fn per_request(n: f64) -> String {
+    if n == 0.0 || n >= 0.005 {
+        format!("{n:.2}")
+    } else {
+        "<0.01".to_owned()
+    }
+}
+
+/// `insert 1.00, update 1.00`: the most frequent first.
+fn by_command(figures: &ServiceCost) -> String {
+    let mut commands: Vec<_> = figures.by_command.iter().collect();
+    commands.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    commands
+        .into_iter()
+        .map(|(name, n)| format!("{name} {}", per_request(*n)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -14,6 +14,13 @@ use serde_json::{json, Value};
 /// Authors the created books are spread over.
 const AUTHORS: u32 = 1000;
 
+/// One of the two services.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Service {
+    Command,
+    Query,
+}
+
 /// The running system, through its HTTP APIs.
 #[derive(Clone)]
 pub(crate) struct System {
@@ -117,18 +124,27 @@ impl System {
         }
     }
 
-    /// The query side's consumer group: entries not yet read plus entries
-    /// read but not acknowledged (`books_consumer_group_lag` and
-    /// `books_consumer_group_pending` of its `/metrics`).
-    pub(crate) async fn unacknowledged(&self) -> anyhow::Result<f64> {
-        let text = self
+    /// `service`'s `/metrics`, as text.
+    pub(crate) async fn metrics(&self, service: Service) -> anyhow::Result<String> {
+        let base = match service {
+            Service::Command => &self.command_url,
+            Service::Query => &self.query_url,
+        };
+        Ok(self
             .http
-            .get(format!("{}/metrics", self.query_url))
+            .get(format!("{base}/metrics"))
             .send()
             .await?
             .error_for_status()?
             .text()
-            .await?;
+            .await?)
+    }
+
+    /// The query side's consumer group: entries not yet read plus entries
+    /// read but not acknowledged (`books_consumer_group_lag` and
+    /// `books_consumer_group_pending` of its `/metrics`).
+    pub(crate) async fn unacknowledged(&self) -> anyhow::Result<f64> {
+        let text = self.metrics(Service::Query).await?;
         let gauge = |name: &str| {
             text.lines()
                 .find_map(|line| {
