@@ -613,17 +613,12 @@ impl Consumer {
     }
 
     /// Runs `work`, giving up after `APPLY_TIMEOUT_FACTOR` dependency
-    /// timeouts: the MongoDB driver bounds connecting, not answering, so a
-    /// server that accepts and then hangs would hold the batch for ever.
+    /// timeouts (an apply is several MongoDB and Redis round trips).
     async fn bounded<T>(
         &self,
         work: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        let bound = self.timeout * APPLY_TIMEOUT_FACTOR;
-        match tokio::time::timeout(bound, work).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(anyhow::Error::new(ApplyTimedOut(bound))),
-        }
+        platform::mongo::bounded(self.timeout * APPLY_TIMEOUT_FACTOR, work).await
     }
 }
 
@@ -666,15 +661,9 @@ fn is_transient(error: &anyhow::Error) -> bool {
                     )
             })
             || cause.is::<crate::summary::Contended>()
-            || cause.is::<ApplyTimedOut>()
+            || cause.is::<platform::mongo::TimedOut>()
             || cause
                 .downcast_ref::<SummaryFailed>()
                 .is_some_and(|failed| failed.transient)
     })
 }
-
-/// An event's apply, several MongoDB and Redis round trips, took longer
-/// than `APPLY_TIMEOUT_FACTOR` dependency timeouts: a server hangs.
-#[derive(Debug, thiserror::Error)]
-#[error("applying the event took longer than {0:?}")]
-struct ApplyTimedOut(Duration);

@@ -39,6 +39,7 @@ pub struct Application {
     reconciler: Reconciler,
     generation: ActiveGeneration,
     generation_refresh: Duration,
+    dependency_timeout: Duration,
     replica: String,
 }
 
@@ -151,6 +152,7 @@ impl Application {
             reconciler,
             generation,
             generation_refresh: settings.generation_refresh,
+            dependency_timeout: settings.dependency_timeout,
             replica: settings.consumer.clone(),
         })
     }
@@ -177,6 +179,7 @@ impl Application {
             reconciler,
             generation,
             generation_refresh,
+            dependency_timeout,
             replica,
         } = self;
         server
@@ -185,6 +188,7 @@ impl Application {
                     generation.clone(),
                     replica,
                     generation_refresh,
+                    dependency_timeout,
                     shutdown.clone(),
                 );
                 let work = async move {
@@ -224,20 +228,24 @@ pub async fn write_books(
 }
 
 /// Reads the pointer to the active generation every `refresh` until
-/// `shutdown`, switching when it changes.
+/// `shutdown`, switching when it changes; a read may take `timeout`.
 async fn follow_generation(
     generation: ActiveGeneration,
     replica: String,
     refresh: Duration,
+    timeout: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        match generation.refresh(&replica).await {
+        match platform::mongo::bounded(timeout, generation.refresh(&replica)).await {
             Ok(Some(named)) => {
                 tracing::info!(generation = %named, "switched to another read-model generation")
             }
             Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the active read-model generation"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot read the active read-model generation"
+            ),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

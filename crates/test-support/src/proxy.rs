@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -25,6 +25,9 @@ pub struct TcpProxy {
     down: Arc<AtomicBool>,
     /// While true, nothing is forwarded either way: the server hangs.
     hung: watch::Sender<bool>,
+    /// A connection that sends a request holding these bytes gets no reply
+    /// from then on (see `swallow_replies_to`).
+    swallowed_request: Arc<Mutex<Option<Vec<u8>>>>,
     /// Bumped on every cut, so live connections close.
     generation: watch::Sender<u64>,
     stop: CancellationToken,
@@ -63,12 +66,14 @@ impl TcpProxy {
         let address = listener.local_addr().expect("proxy address");
         let down = Arc::new(AtomicBool::new(false));
         let (hung, _) = watch::channel(false);
+        let swallowed_request = Arc::new(Mutex::new(None));
         let (generation, _) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let target = target.to_owned();
         {
             let down = down.clone();
             let hung = hung.clone();
+            let swallowed_request = swallowed_request.clone();
             let generation = generation.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -88,6 +93,10 @@ impl TcpProxy {
                     let stop = stop.clone();
                     let target = target.clone();
                     let (up_hung, down_hung) = (hung.subscribe(), hung.subscribe());
+                    let swallowing = Swallowing {
+                        request: swallowed_request.clone(),
+                        silent: AtomicBool::new(false),
+                    };
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(&target).await else {
                             return;
@@ -95,8 +104,8 @@ impl TcpProxy {
                         let (from_client, to_client) = client.into_split();
                         let (from_server, to_server) = server.into_split();
                         tokio::select! {
-                            () = pump(from_client, to_server, up_hung) => {}
-                            () = pump(from_server, to_client, down_hung) => {}
+                            () = pump(from_client, to_server, up_hung, Direction::Request(&swallowing)) => {}
+                            () = pump(from_server, to_client, down_hung, Direction::Reply(&swallowing)) => {}
                             _ = cut.changed() => {}
                             () = stop.cancelled() => {}
                         }
@@ -109,6 +118,7 @@ impl TcpProxy {
             scheme,
             down,
             hung,
+            swallowed_request,
             generation,
             stop,
         }
@@ -130,15 +140,42 @@ impl TcpProxy {
         self.hung.send_replace(true);
     }
 
-    /// Accepts and forwards connections again.
+    /// From now until `restore`, a connection that sends a request naming
+    /// `command` (say `findAndModify`) gets no reply again, while it stays
+    /// open and others are answered: a server that takes requests and never
+    /// answers them.
+    pub fn swallow_replies_to(&self, command: &str) {
+        *self.swallowed_request.lock().expect("not poisoned") = Some(command.as_bytes().to_vec());
+    }
+
+    /// Accepts and forwards connections again (those left without replies
+    /// stay so: what they were owed is lost).
     pub fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
         self.hung.send_replace(false);
+        *self.swallowed_request.lock().expect("not poisoned") = None;
     }
 }
 
-/// Forwards what `from` sends to `to`, holding it while `hung`.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut hung: watch::Receiver<bool>) {
+/// Whether one connection's replies are dropped.
+struct Swallowing {
+    request: Arc<Mutex<Option<Vec<u8>>>>,
+    silent: AtomicBool,
+}
+
+enum Direction<'a> {
+    Request(&'a Swallowing),
+    Reply(&'a Swallowing),
+}
+
+/// Forwards what `from` sends to `to`, holding it while `hung`; a request
+/// holding the swallowed bytes silences the connection's replies.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut hung: watch::Receiver<bool>,
+    direction: Direction<'_>,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let read = match from.read(&mut buffer).await {
@@ -147,6 +184,18 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut hung: watch::
         };
         if hung.wait_for(|hung| !*hung).await.is_err() {
             return;
+        }
+        match direction {
+            Direction::Request(swallowing) => {
+                let request = swallowing.request.lock().expect("not poisoned");
+                if let Some(needle) = request.as_deref() {
+                    if buffer[..read].windows(needle.len()).any(|w| w == needle) {
+                        swallowing.silent.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            Direction::Reply(swallowing) if swallowing.silent.load(Ordering::SeqCst) => continue,
+            Direction::Reply(_) => {}
         }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;

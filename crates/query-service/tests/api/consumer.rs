@@ -235,6 +235,47 @@ async fn a_hung_mongodb_does_not_hold_the_batch_for_ever() {
     an_event_survives_a_mongodb_fault(TcpProxy::hang).await;
 }
 
+/// A server that takes the read model's writes and never answers them,
+/// for more writes than the connection pool holds: each gives its
+/// connection up at its timeout, so once the server answers again the
+/// events are applied without a restart.
+#[tokio::test]
+async fn writes_mongodb_never_answers_do_not_wedge_the_consumer() {
+    const POOL: usize = 4;
+    let mut settings = test_settings().await;
+    let proxy = TcpProxy::in_front_of_mongo().await;
+    // No heartbeat during the test: the driver's monitor, noticing a
+    // silent server, would close the pool's connections itself.
+    settings.mongo_url = platform::RedactedUrl::new(format!(
+        "{}&maxPoolSize={POOL}&heartbeatFrequencyMS=600000",
+        proxy.url()
+    ));
+    let app = spawn_app_with(settings).await;
+    let before = new_book("Before the silence");
+    app.publish(&BookEvent::created(&before, None)).await;
+    app.wait_for_version(before.id.as_str(), 1).await;
+
+    // Each event's upsert is a findAndModify.
+    proxy.swallow_replies_to("findAndModify");
+    let books: Vec<_> = (0..2 * POOL)
+        .map(|i| new_book(&format!("Through the silence {i}")))
+        .collect();
+    for book in &books {
+        app.publish(&BookEvent::created(book, None)).await;
+    }
+    app.wait_until_a_delivery_is_given_back().await;
+
+    proxy.restore();
+    tokio::time::timeout(std::time::Duration::from_secs(40), async {
+        for book in &books {
+            app.wait_for_version(book.id.as_str(), 1).await;
+        }
+        app.wait_until_consumed().await;
+    })
+    .await
+    .expect("applied once MongoDB answered again");
+}
+
 #[tokio::test]
 async fn entries_a_vanished_consumer_left_pending_are_claimed_and_applied() {
     let mut settings = test_settings().await;
