@@ -1,8 +1,9 @@
 //! The fault-injection suite: each scenario starts the real binaries
-//! against private FerretDB and Redis servers, drives a burst of 2,000
-//! mixed writes, breaks one component mid-burst (a SIGKILLed service, a
-//! restarted server, a replica that dies, a poison event), and checks that
-//! the read model ends up equal to the write model and that no
+//! against private servers (a PostgreSQL cluster, FerretDB on it, and
+//! Redis), drives a burst of 2,000 mixed writes, breaks one component
+//! mid-burst (a SIGKILLed service, a restarted server, PostgreSQL killed
+//! under a running FerretDB, a replica that dies, a poison event), and
+//! checks that the read model ends up equal to the write model and that no
 //! acknowledged write was lost.
 //!
 //! ```sh
@@ -15,8 +16,14 @@
 //! `target/fault-report.json`) rather than pass/fail lines. The exit status
 //! is non-zero when a scenario fails. The service binaries are taken from
 //! the same target directory (`cargo test --workspace` builds them);
-//! FerretDB from `FERRETDB_BIN`, else `.local/bin/ferretdb-v1.24.2-idlookup`
-//! (`scripts/servers.sh up` builds it); `redis-server` from `PATH`.
+//! FerretDB from `FERRETDB_BIN`, else `.local/bin/ferretdb-v1.24.2-atomic`
+//! (`scripts/servers.sh up` builds it, patched so that a conditional
+//! single-document write is atomic, as on MongoDB); PostgreSQL's programs
+//! (`initdb`, `postgres`, `pg_isready`, `createdb`) from `PG_BIN`, else
+//! `/usr/lib/postgresql/<highest version>/bin`; `redis-server` from
+//! `PATH`. As root (CI), PostgreSQL runs as the `postgres` user, in the
+//! scenario's directory under the temporary directory, never in the
+//! checkout.
 
 mod audit;
 mod burst;

@@ -1,14 +1,17 @@
 //! Child processes of a scenario (servers and services), started from a
 //! recipe so that a killed one comes back exactly as it was: same program,
 //! arguments, environment and port. Output goes to a log file that a
-//! restart appends to. A child is killed when its handle is dropped, so a
-//! failed or panicking scenario leaves nothing running.
+//! restart appends to. A child is killed when its handle is dropped, with
+//! every process it started (PostgreSQL's server processes), so a failed or
+//! panicking scenario leaves nothing running.
 
 use std::{
+    collections::BTreeMap,
     fs::OpenOptions,
     io::Write,
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -26,6 +29,51 @@ pub(crate) struct Recipe {
     pub(crate) env: Vec<(String, String)>,
     /// Working directory, also where the log goes.
     pub(crate) dir: PathBuf,
+    /// Whom to run as, when not as the suite's own user (PostgreSQL
+    /// refuses to run as root).
+    pub(crate) user: Option<User>,
+    /// Whether the process runs as the first process of a PID namespace of
+    /// its own (`unshare --pid --fork`, which needs root): when it dies,
+    /// the kernel kills every process it started and it reaps them, so
+    /// that none is left behind, not even a zombie under an init that
+    /// reaps nothing.
+    pub(crate) own_pid_namespace: bool,
+}
+
+/// A user and group to run a process as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+impl User {
+    /// The uid and primary gid of a named user.
+    pub(crate) fn named(name: &str) -> anyhow::Result<Self> {
+        let id = |flag: &str| -> anyhow::Result<u32> {
+            let output = std::process::Command::new("id")
+                .args([flag, name])
+                .output()
+                .context("cannot run `id`")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "no user {name}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+        };
+        Ok(Self {
+            uid: id("-u")?,
+            gid: id("-g")?,
+        })
+    }
+}
+
+/// Whether the suite runs as root (`/proc/self` belongs to the effective
+/// user).
+pub(crate) fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 impl Recipe {
@@ -82,6 +130,54 @@ impl Process {
         Ok(())
     }
 
+    /// Kills the process and every process it started with SIGKILL, as a
+    /// crash of a whole server would (PostgreSQL's postmaster and its
+    /// backends: a backend left behind would keep the shared memory, and a
+    /// restart would refuse to start), and waits until all are gone.
+    pub(crate) async fn kill_tree(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let what = if self.recipe.own_pid_namespace {
+            // The child is `unshare`, and the server its only child, the
+            // namespace's first process: once the server is killed, the
+            // kernel kills the rest of the namespace at once, the server
+            // reaps them, and `unshare` reaps the server and exits.
+            signal("KILL", &child.id().map(children_of).unwrap_or_default());
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await?;
+                anyhow::bail!("{} outlived its SIGKILL by 10 s", self.recipe.name);
+            }
+            "killed with SIGKILL, and with it every process of its PID namespace".to_owned()
+        } else {
+            // Stopped first, so that it starts no child meanwhile; its
+            // children are killed before it, so that none of them sees it
+            // die and finishes what it was doing. They may stay zombies
+            // (their parent is gone) but hold nothing.
+            let descendants = child.id().map(stop_and_list).unwrap_or_default();
+            signal("KILL", &descendants);
+            child
+                .kill()
+                .await
+                .with_context(|| format!("cannot kill {}", self.recipe.name))?;
+            crate::support::eventually(
+                "the killed process's children to be gone",
+                Duration::from_secs(10),
+                || async { descendants.iter().all(|pid| !alive(*pid)).then_some(()) },
+            )
+            .await?;
+            format!(
+                "killed with SIGKILL, with its {} child process(es)",
+                descendants.len()
+            )
+        };
+        self.note(&what)?;
+        Ok(())
+    }
+
     /// Starts the process again from its recipe, after a kill.
     pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -96,7 +192,28 @@ impl Process {
         self.starts += 1;
         self.note(&format!("start #{}", self.starts))?;
         let log = self.open_log()?;
-        let child = Command::new(&self.recipe.program)
+        let mut command = if self.recipe.own_pid_namespace {
+            // `unshare` switches to the user itself, inside the namespace
+            // it creates as root. When the server dies of a signal it
+            // prints "sigprocmask unblock failed" (it cannot re-raise
+            // SIGKILL on itself): harmless.
+            let mut command = Command::new("unshare");
+            command.args(["--pid", "--fork", "--kill-child"]);
+            if let Some(user) = self.recipe.user {
+                command
+                    .arg(format!("--setgid={}", user.gid))
+                    .arg(format!("--setuid={}", user.uid));
+            }
+            command.arg("--").arg(&self.recipe.program);
+            command
+        } else {
+            let mut command = Command::new(&self.recipe.program);
+            if let Some(user) = self.recipe.user {
+                command.uid(user.uid).gid(user.gid);
+            }
+            command
+        };
+        let child = command
             .args(&self.recipe.args)
             .env_clear()
             .envs(self.recipe.env.iter().map(|(k, v)| (k, v)))
@@ -142,11 +259,101 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // kill_on_drop also does this; being explicit costs nothing.
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
+        // kill_on_drop also kills the process itself; its children (a
+        // server's workers) are this drop's to kill.
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let Some(pid) = child.id() else {
+            return;
+        };
+        if self.recipe.own_pid_namespace {
+            // As in `kill_tree`: the server's death ends its namespace;
+            // `unshare` exits once it has reaped it (a few milliseconds).
+            signal("KILL", &children_of(pid));
+            let give_up = std::time::Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            signal("KILL", &stop_and_list(pid));
+        }
+        let _ = child.start_kill();
+    }
+}
+
+/// Stops a process with SIGSTOP (it can start no child any more) and lists
+/// its descendants, children first.
+fn stop_and_list(pid: u32) -> Vec<u32> {
+    signal("STOP", &[pid]);
+    descendants(pid)
+}
+
+/// Every process's children, from /proc.
+fn process_tree() -> BTreeMap<u32, Vec<u32>> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(parent) = parent_of(child) {
+            children.entry(parent).or_default().push(child);
         }
     }
+    children
+}
+
+/// The processes `pid` started and that still exist.
+fn children_of(pid: u32) -> Vec<u32> {
+    process_tree().remove(&pid).unwrap_or_default()
+}
+
+/// Every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let children = process_tree();
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        for child in children.get(&parent).into_iter().flatten() {
+            found.push(*child);
+            next.push(*child);
+        }
+    }
+    found
+}
+
+/// A process's state letter and parent, from `/proc/<pid>/stat`
+/// (`pid (comm) state ppid ...`, where comm may hold anything).
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat(pid).map(|(_, parent)| parent)
+}
+
+/// Whether a process still runs (a zombie has released everything it
+/// held; only its parent, or init, can reap it).
+fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// Sends a signal to processes with kill(1), ignoring those already gone
+/// (the suite forbids unsafe code, hence no libc).
+fn signal(name: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-s")
+        .arg(name)
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Where the built binaries are: beside this test's own directory
@@ -156,6 +363,9 @@ pub(crate) struct Binaries {
     pub(crate) command_service: PathBuf,
     pub(crate) query_service: PathBuf,
     pub(crate) ferretdb: PathBuf,
+    /// PostgreSQL's server programs (`initdb`, `postgres`, `pg_isready`,
+    /// `createdb`).
+    pub(crate) postgres_bin: PathBuf,
     pub(crate) redis_server: PathBuf,
     /// `target/`, where the report goes.
     pub(crate) target_dir: PathBuf,
@@ -185,7 +395,7 @@ impl Binaries {
         let ferretdb = match std::env::var_os("FERRETDB_BIN") {
             Some(path) => PathBuf::from(path),
             None => {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bin/ferretdb-v1.24.2-idlookup")
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bin/ferretdb-v1.24.2-atomic")
             }
         };
         anyhow::ensure!(
@@ -194,6 +404,7 @@ impl Binaries {
              or point FERRETDB_BIN at a FerretDB v1.24.2 binary",
             ferretdb.display()
         );
+        let postgres_bin = postgres_bin()?;
         let redis_server = find_on_path("redis-server").context(
             "redis-server is not on PATH: `scripts/servers.sh up` installs it (Redis 7)",
         )?;
@@ -201,10 +412,42 @@ impl Binaries {
             command_service: service("command-service")?,
             query_service: service("query-service")?,
             ferretdb,
+            postgres_bin,
             redis_server,
             target_dir,
         })
     }
+}
+
+/// PostgreSQL's bin directory: `PG_BIN`, else Debian's of the highest
+/// version (`/usr/lib/postgresql/<version>/bin`).
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("PG_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.is_dir().then_some((version, bin))
+            })
+            .max()
+            .map(|(_, bin)| bin)
+            .context(
+                "PostgreSQL is not installed in /usr/lib/postgresql/<version>/bin \
+                 (`scripts/servers.sh up` installs it), and PG_BIN does not point at its bin directory",
+            )?,
+    };
+    for program in ["initdb", "postgres", "pg_isready", "createdb"] {
+        anyhow::ensure!(
+            dir.join(program).is_file(),
+            "{program} is missing from PostgreSQL's bin directory {}",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

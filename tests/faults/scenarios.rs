@@ -31,11 +31,14 @@ const OUTAGE_MIN: Duration = Duration::from_secs(1);
 const OUTAGE_WRITES: usize = WRITES / 6;
 /// ...but no longer than this.
 const OUTAGE_MAX: Duration = Duration::from_secs(5);
-/// How much longer than `DEPENDENCY_TIMEOUT_MS` a write may take while
-/// MongoDB is down: a change may first wait for the book's lock, held by
-/// another change or by the relay's clear, each itself waiting up to the
-/// timeout for MongoDB. Anything beyond is a hang.
+/// How much longer than `DEPENDENCY_TIMEOUT_MS` a write may take while the
+/// database is down: a change makes more than one round trip to MongoDB,
+/// each waiting up to the timeout, on a loaded machine. Anything beyond is
+/// a hang.
 const UNAVAILABLE_SLACK: Duration = Duration::from_secs(4);
+/// How long FerretDB may take to serve again once a restarted PostgreSQL
+/// accepts connections.
+const FERRET_RECOVERY: Duration = Duration::from_secs(10);
 /// How long the Redis fault waits for the query services to have
 /// something left to apply.
 const BEHIND_DEADLINE: Duration = Duration::from_secs(30);
@@ -51,8 +54,13 @@ enum Fault {
     KillCommand,
     /// Redis is killed with SIGKILL, then restarted on the same data.
     RestartRedis,
-    /// FerretDB is killed with SIGKILL, then restarted on the same data.
+    /// FerretDB is killed with SIGKILL, then restarted on the same data
+    /// (PostgreSQL stays up).
     StopFerret,
+    /// PostgreSQL (its postmaster and every server process) is killed with
+    /// SIGKILL, then restarted on the same data directory, where it recovers
+    /// from its WAL; FerretDB stays up and must serve again by itself.
+    RestartPostgres,
     /// One replica of each service is killed with SIGKILL and stays down:
     /// the others must take over its pending events and its sweep.
     KillReplicas,
@@ -99,6 +107,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             topology: one(true),
         },
         Scenario {
+            name: "postgresql-restart",
+            fault: Fault::RestartPostgres,
+            topology: one(true),
+        },
+        Scenario {
             name: "replicas-one-of-each-sigkill",
             fault: Fault::KillReplicas,
             topology: Topology {
@@ -124,6 +137,8 @@ struct Injected {
     /// Entry ids of the poison appended to the stream.
     poison: Vec<String>,
     notes: Vec<String>,
+    /// Failed checks of the fault itself.
+    problems: Vec<String>,
 }
 
 /// Runs one scenario from start to report; never panics on a failed check.
@@ -205,7 +220,7 @@ async fn exercise(scenario: &Scenario, system: &mut System, row: &mut Row) -> an
     check_answers(&burst.writes, row);
     check_stream(scenario, &convergence, &audit, &burst.writes, row);
     match scenario.fault {
-        Fault::StopFerret => check_outage(&injected, &burst.writes, row),
+        Fault::StopFerret | Fault::RestartPostgres => check_outage(&injected, &burst.writes, row),
         Fault::Poison => check_poison(system, &injected, &burst.writes, row).await?,
         _ => {}
     }
@@ -229,6 +244,7 @@ async fn exercise(scenario: &Scenario, system: &mut System, row: &mut Row) -> an
             .push(format!("down for {:.1} s", seconds(up - down)));
     }
     row.notes.extend(injected.notes);
+    row.problems.extend(injected.problems);
     if audit.regrouped > 0 {
         row.notes.push(format!(
             "audit group created again {} time(s) (Redis lost it)",
@@ -294,6 +310,40 @@ async fn inject(
             outage(progress).await;
             injected.up = Some(Instant::now());
             system.restart_ferret().await?;
+        }
+        Fault::RestartPostgres => {
+            system.kill_postgres().await?;
+            injected.down = Some(Instant::now());
+            outage(progress).await;
+            injected.up = Some(Instant::now());
+            system.restart_postgres().await?;
+            let accepting = Instant::now();
+            // FerretDB is not restarted: its connection pool dials
+            // PostgreSQL again for the next command.
+            system.await_ferret_within(FERRET_RECOVERY).await?;
+            injected.notes.push(format!(
+                "PostgreSQL accepted connections {:.2} s after its restart; FerretDB, never restarted, answered a ping {:.2} s later",
+                seconds(accepting - injected.up.unwrap_or(accepting)),
+                seconds(accepting.elapsed())
+            ));
+            let log = std::fs::read_to_string(system.postgres.log()).unwrap_or_default();
+            let restarted = log.rsplit("postgresql start #").next().unwrap_or_default();
+            if restarted.contains("automatic recovery in progress") {
+                let redo = restarted
+                    .lines()
+                    .find(|l| l.contains("redo done at") || l.contains("redo is not required"))
+                    .and_then(|l| l.split("LOG:").nth(1))
+                    .unwrap_or("no redo line")
+                    .trim();
+                injected
+                    .notes
+                    .push(format!("PostgreSQL recovered from its WAL: {redo}"));
+            } else {
+                injected.problems.push(
+                    "PostgreSQL's log shows no crash recovery after its restart: was it killed?"
+                        .to_owned(),
+                );
+            }
         }
         Fault::KillReplicas => {
             let (command, query) = (system.commands.len() - 1, system.queries.len() - 1);
@@ -484,7 +534,8 @@ fn check_stream(
     }
 }
 
-/// While FerretDB is down every write must be answered 503 with a problem,
+/// While the database (FerretDB, or PostgreSQL behind it) is down every
+/// write must be answered 503 with a problem,
 /// within the dependency timeout (plus slack), and none may hang.
 fn check_outage(injected: &Injected, writes: &[Write], row: &mut Row) {
     let (Some(down), Some(up)) = (injected.down, injected.up) else {
@@ -534,7 +585,7 @@ fn check_outage(injected: &Injected, writes: &[Write], row: &mut Row) {
     ));
     if unavailable == 0 {
         row.problems
-            .push("no write was answered 503 while FerretDB was down".to_owned());
+            .push("no write was answered 503 while the database was down".to_owned());
     }
     if !wrong.is_empty() {
         row.problems.push(format!(

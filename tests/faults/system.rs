@@ -1,15 +1,17 @@
-//! One scenario's whole system, private to it: FerretDB and Redis on free
-//! loopback ports with their data in a temporary directory, and one or two
-//! replicas of each service, all real processes. Stopping any of them
-//! disturbs nothing outside the scenario.
+//! One scenario's whole system, private to it: a PostgreSQL cluster of its
+//! own (initdb'd into the scenario's temporary directory), FerretDB on it,
+//! and Redis, on free loopback ports, and one or two replicas of each
+//! service, all real processes. Stopping any of them disturbs nothing
+//! outside the scenario; all of them (PostgreSQL's server processes too)
+//! are killed when the scenario ends.
 
-use std::{path::Path, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use anyhow::Context;
 use tempfile::TempDir;
 
 use crate::{
-    processes::{Binaries, Process, Recipe},
+    processes::{running_as_root, Binaries, Process, Recipe, User},
     support::{eventually, free_ports, port_open},
 };
 
@@ -23,12 +25,16 @@ pub(crate) const DEPENDENCY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a server or service may take to start on a loaded machine.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The PostgreSQL database FerretDB keeps everything in.
+const POSTGRES_DATABASE: &str = "ferretdb";
+
 /// The settings the services run with. Timings are short, so that every
 /// recovery (sweep, lease takeover, claim, trim) happens several times per
-/// scenario. The sweep keeps its default interval: on FerretDB each sweep
-/// reads the whole write model, and more often would take the CPU the
-/// writes need.
-const SERVICE_SETTINGS: [(&str, &str); 9] = [
+/// scenario. The sweep keeps its default interval: each sweep is a query
+/// of its own on a machine whose two cores also run PostgreSQL, FerretDB,
+/// Redis, the services and the burst, and more often would take the CPU
+/// the writes need.
+const SERVICE_SETTINGS: [(&str, &str); 8] = [
     ("DEPENDENCY_TIMEOUT_MS", "1000"),
     ("SHUTDOWN_TIMEOUT_MS", "2000"),
     ("OUTBOX_SWEEP_INTERVAL_MS", "1000"),
@@ -37,11 +43,8 @@ const SERVICE_SETTINGS: [(&str, &str); 9] = [
     ("CONSUMER_BLOCK_MS", "200"),
     ("STREAM_TRIM_INTERVAL_MS", "1000"),
     // The walks that matter run at start and when Redis lost the group;
-    // a periodic walk on FerretDB reads both models whole.
+    // a periodic walk reads both models whole.
     ("RECONCILE_INTERVAL_MS", "60000"),
-    // FerretDB v1's updates are not atomic across processes: command
-    // replicas share locks (see the README's MongoDB compatibility).
-    ("CROSS_REPLICA_LOCKS", "on"),
 ];
 
 /// What to start.
@@ -83,6 +86,9 @@ pub(crate) struct System {
     pub(crate) names: Names,
     pub(crate) ferret: Process,
     pub(crate) ferret_port: u16,
+    pub(crate) postgres: Process,
+    postgres_port: u16,
+    postgres_bin: std::path::PathBuf,
     pub(crate) redis: Process,
     pub(crate) redis_port: u16,
     pub(crate) commands: Vec<Service>,
@@ -95,7 +101,8 @@ pub(crate) struct System {
 }
 
 impl System {
-    /// Starts the servers, creates the audit group (so that it sees every
+    /// Starts the servers (PostgreSQL, and FerretDB once PostgreSQL accepts
+    /// connections), creates the audit group (so that it sees every
     /// entry from the first), then the query services and the command
     /// services, and waits until every service is ready.
     pub(crate) async fn start(
@@ -116,12 +123,20 @@ impl System {
             audit_group: "fault-audit".to_owned(),
         };
 
-        let mut ports = free_ports(2 + 2 * topology.replicas)?.into_iter();
+        let mut ports = free_ports(3 + 2 * topology.replicas)?.into_iter();
         let mut port = || ports.next().expect("a port for each process");
-        let (ferret_port, redis_port) = (port(), port());
+        let (postgres_port, ferret_port, redis_port) = (port(), port(), port());
         let query_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
         let command_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
-        let ferret = Process::start(ferret_recipe(binaries, dir.path(), ferret_port)?)?;
+        let postgres = Process::start(postgres_recipe(binaries, dir.path(), postgres_port).await?)?;
+        await_postgres(&binaries.postgres_bin, postgres_port).await?;
+        create_database(&binaries.postgres_bin, postgres_port).await?;
+        let ferret = Process::start(ferret_recipe(
+            binaries,
+            dir.path(),
+            ferret_port,
+            postgres_port,
+        )?)?;
         let redis = Process::start(redis_recipe(
             binaries,
             dir.path(),
@@ -142,6 +157,9 @@ impl System {
             names,
             ferret,
             ferret_port,
+            postgres,
+            postgres_port,
+            postgres_bin: binaries.postgres_bin.clone(),
             redis,
             redis_port,
             commands: Vec::new(),
@@ -183,13 +201,14 @@ impl System {
     pub(crate) fn keep_dir(self) -> std::path::PathBuf {
         let Self {
             ferret,
+            postgres,
             redis,
             commands,
             queries,
             dir,
             ..
         } = self;
-        drop((ferret, redis, commands, queries));
+        drop((commands, queries, ferret, postgres, redis));
         dir.keep()
     }
 
@@ -223,7 +242,7 @@ impl System {
 
     /// Every process's log file.
     pub(crate) fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
-        [&self.ferret, &self.redis]
+        [&self.postgres, &self.ferret, &self.redis]
             .into_iter()
             .chain(self.commands.iter().map(|s| &s.process))
             .chain(self.queries.iter().map(|s| &s.process))
@@ -234,6 +253,39 @@ impl System {
     pub(crate) async fn restart_ferret(&mut self) -> anyhow::Result<()> {
         self.ferret.restart()?;
         self.await_ferret().await
+    }
+
+    /// Kills PostgreSQL's postmaster and all its server processes with
+    /// SIGKILL, as a crash would: a transaction not yet committed is gone,
+    /// a committed one is in the WAL (fsynced: synchronous commit).
+    pub(crate) async fn kill_postgres(&mut self) -> anyhow::Result<()> {
+        self.postgres.kill_tree().await
+    }
+
+    /// Starts a killed PostgreSQL again on its data directory and waits
+    /// until it accepts connections (after its crash recovery from the
+    /// WAL). FerretDB is not touched.
+    pub(crate) async fn restart_postgres(&mut self) -> anyhow::Result<()> {
+        self.postgres.restart()?;
+        await_postgres(&self.postgres_bin, self.postgres_port).await
+    }
+
+    /// Waits until FerretDB answers a ping, which reaches PostgreSQL, within
+    /// `deadline`.
+    pub(crate) async fn await_ferret_within(&self, deadline: Duration) -> anyhow::Result<()> {
+        let admin = self.mongo.database("admin");
+        let port = self.ferret_port;
+        eventually("FerretDB to answer a ping", deadline, || {
+            let admin = admin.clone();
+            async move {
+                if !port_open(port).await {
+                    return None;
+                }
+                admin.run_command(bson::doc! { "ping": 1 }).await.ok()
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     pub(crate) async fn restart_redis(&mut self) -> anyhow::Result<()> {
@@ -259,19 +311,7 @@ impl System {
     }
 
     async fn await_ferret(&self) -> anyhow::Result<()> {
-        let admin = self.mongo.database("admin");
-        let port = self.ferret_port;
-        eventually("FerretDB to answer a ping", START_DEADLINE, || {
-            let admin = admin.clone();
-            async move {
-                if !port_open(port).await {
-                    return None;
-                }
-                admin.run_command(bson::doc! { "ping": 1 }).await.ok()
-            }
-        })
-        .await?;
-        Ok(())
+        self.await_ferret_within(START_DEADLINE).await
     }
 
     async fn await_redis(&self) -> anyhow::Result<()> {
@@ -333,6 +373,8 @@ impl System {
             args: Vec::new(),
             env,
             dir: self.dir().to_owned(),
+            user: None,
+            own_pid_namespace: false,
         }
     }
 
@@ -361,6 +403,8 @@ impl System {
             args: Vec::new(),
             env,
             dir: self.dir().to_owned(),
+            user: None,
+            own_pid_namespace: false,
         }
     }
 }
@@ -374,17 +418,154 @@ fn base_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// FerretDB as `scripts/servers.sh` runs it, on `port` with its SQLite files
-/// in `<dir>/ferretdb`.
-fn ferret_recipe(binaries: &Binaries, dir: &Path, port: u16) -> anyhow::Result<Recipe> {
+/// PostgreSQL's cluster of the scenario, in `<dir>/postgresql`: created
+/// with initdb (trust authentication, superuser `postgres`), then its
+/// server on `port`, on loopback only, with no Unix socket, durable commits
+/// (fsync, synchronous commit) and its log on stderr. As root, both run as
+/// the `postgres` user (PostgreSQL refuses root), the scenario's directory
+/// lets that user through, and the server runs in a PID namespace of its
+/// own; otherwise as the suite's user.
+///
+/// One initdb per scenario: it takes under a second (`--no-sync`: the
+/// files only need to outlive processes, not the machine), no more than
+/// copying a template cluster would, and nothing is shared between
+/// scenarios.
+async fn postgres_recipe(binaries: &Binaries, dir: &Path, port: u16) -> anyhow::Result<Recipe> {
+    let data = dir.join("postgresql");
+    std::fs::create_dir_all(&data)?;
+    let root = running_as_root();
+    let user = if root {
+        let user = User::named("postgres")
+            .context("PostgreSQL refuses to run as root, and it has no postgres user to run as")?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid))?;
+        Some(user)
+    } else {
+        None
+    };
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+    let mut initdb = tokio::process::Command::new(binaries.postgres_bin.join("initdb"));
+    if let Some(user) = user {
+        initdb.uid(user.uid).gid(user.gid);
+    }
+    let output = initdb
+        .arg("--pgdata")
+        .arg(&data)
+        .args([
+            "--auth=trust",
+            "--username=postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ])
+        .env_clear()
+        .envs(base_env())
+        .current_dir(&data)
+        .output()
+        .await
+        .context("cannot run initdb")?;
+    std::fs::write(
+        dir.join("initdb.log"),
+        [&output.stdout[..], &output.stderr].concat(),
+    )?;
+    anyhow::ensure!(
+        output.status.success(),
+        "initdb failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(Recipe {
+        name: "postgresql".to_owned(),
+        program: binaries.postgres_bin.join("postgres"),
+        args: [
+            "-D",
+            &data.display().to_string(),
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "fsync=on",
+            "-c",
+            "synchronous_commit=on",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        env: base_env(),
+        dir: dir.to_owned(),
+        user,
+        // As root, nothing of a killed PostgreSQL is left behind, not even
+        // zombies (see `Recipe::own_pid_namespace`).
+        own_pid_namespace: root,
+    })
+}
+
+/// Waits until PostgreSQL on `port` accepts connections (`pg_isready`; not
+/// while it recovers from a crash).
+async fn await_postgres(bin: &Path, port: u16) -> anyhow::Result<()> {
+    eventually(
+        "PostgreSQL to accept connections",
+        START_DEADLINE,
+        || async {
+            let status = tokio::process::Command::new(bin.join("pg_isready"))
+                .args(["--host=127.0.0.1", "--username=postgres", "--timeout=2"])
+                .arg(format!("--port={port}"))
+                .env_clear()
+                .envs(base_env())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .ok()?;
+            status.success().then_some(())
+        },
+    )
+    .await
+}
+
+/// Creates the database FerretDB keeps everything in (FerretDB does not
+/// create it).
+async fn create_database(bin: &Path, port: u16) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(bin.join("createdb"))
+        .args(["--host=127.0.0.1", "--username=postgres"])
+        .arg(format!("--port={port}"))
+        .arg(POSTGRES_DATABASE)
+        .env_clear()
+        .envs(base_env())
+        .output()
+        .await
+        .context("cannot run createdb")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "createdb failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// FerretDB as `scripts/servers.sh` runs it, on `port`, keeping its data in
+/// the scenario's PostgreSQL on `postgres_port` and its state in
+/// `<dir>/ferretdb`.
+fn ferret_recipe(
+    binaries: &Binaries,
+    dir: &Path,
+    port: u16,
+    postgres_port: u16,
+) -> anyhow::Result<Recipe> {
     let data = dir.join("ferretdb");
     std::fs::create_dir_all(&data)?;
     Ok(Recipe {
         name: "ferretdb".to_owned(),
         program: binaries.ferretdb.clone(),
         args: vec![
-            "--handler=sqlite".to_owned(),
-            format!("--sqlite-url=file:{}/", data.display()),
+            "--handler=postgresql".to_owned(),
+            format!(
+                "--postgresql-url=postgres://postgres@127.0.0.1:{postgres_port}/{POSTGRES_DATABASE}"
+            ),
             format!("--state-dir={}", data.display()),
             format!("--listen-addr=127.0.0.1:{port}"),
             "--debug-addr=-".to_owned(),
@@ -393,6 +574,8 @@ fn ferret_recipe(binaries: &Binaries, dir: &Path, port: u16) -> anyhow::Result<R
         ],
         env: base_env(),
         dir: dir.to_owned(),
+        user: None,
+        own_pid_namespace: false,
     })
 }
 
@@ -429,6 +612,8 @@ fn redis_recipe(
         args,
         env: base_env(),
         dir: dir.to_owned(),
+        user: None,
+        own_pid_namespace: false,
     })
 }
 
