@@ -24,9 +24,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state="${BOOKS_STATE_DIR:-$root/.local}"
 ferretdb_version="v1.24.2"
-# Built with scripts/ferretdb-atomic-writes.patch (see build_ferretdb), hence
-# its own name.
-ferretdb_patch="$root/scripts/ferretdb-atomic-writes.patch"
+# Built with our patches, scripts/ferretdb-*.patch (see build_ferretdb),
+# hence its own name.
+ferretdb_patches=("$root"/scripts/ferretdb-*.patch)
 ferretdb_bin="$state/bin/ferretdb-$ferretdb_version-atomic"
 mongo_port="${FERRETDB_PORT:-27017}"
 redis_port="${REDIS_PORT:-6379}"
@@ -67,20 +67,20 @@ install_redis() {
 
 # A plain `go install .../cmd/ferretdb@v1.24.2` builds a binary that panics at
 # start: the module lacks build/version/version.txt. Build from a copy of the
-# module with that file written and our patch applied: FerretDB v1 reads,
-# checks the filter and writes back in separate steps, so two conditional
-# writes to one document could both succeed; the patch makes update,
-# findAndModify and delete hold a lock (per document for a filter on one
-# `_id`, else per collection) from read to write, as atomic as on MongoDB.
-# The binary is rebuilt when the patch changes (its hash is kept beside it).
+# module with that file written and our patches applied, in name order (each
+# says why at its top): ferretdb-atomic-writes.patch makes a conditional
+# write to one document atomic, as on MongoDB; ferretdb-unavailable-backend
+# answers a PostgreSQL outage with a transient error, as MongoDB answers an
+# unreachable node. The binary is rebuilt when a patch changes (their hash
+# is kept beside it).
 build_ferretdb() {
   local patch_sum
-  patch_sum=$(sha256sum <"$ferretdb_patch" | cut -d' ' -f1)
+  patch_sum=$(cat "${ferretdb_patches[@]}" | sha256sum | cut -d' ' -f1)
   if [ -x "$ferretdb_bin" ] && [ "$(cat "$ferretdb_bin.patch-sha256" 2>/dev/null)" = "$patch_sum" ]; then
     return 0
   fi
   command -v go >/dev/null || { log "go is needed to build FerretDB"; return 1; }
-  log "building FerretDB $ferretdb_version with $(basename "$ferretdb_patch") (once; later runs reuse $ferretdb_bin)"
+  log "building FerretDB $ferretdb_version with our patches (once; later runs reuse $ferretdb_bin)"
   local src
   src=$(GOFLAGS=-mod=mod go mod download -json "github.com/FerretDB/FerretDB@$ferretdb_version" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
@@ -91,11 +91,14 @@ build_ferretdb() {
   cp -r "$src/." "$work/"
   chmod -R u+w "$work"
   echo "$ferretdb_version" >"$work/build/version/version.txt"
-  if ! (cd "$work" && patch -p1 --forward --batch --silent <"$ferretdb_patch") >&2; then
-    log "ERROR: $ferretdb_patch no longer applies to FerretDB $ferretdb_version; not building an unpatched server"
-    rm -rf "$work"
-    return 1
-  fi
+  local patch_file
+  for patch_file in "${ferretdb_patches[@]}"; do
+    if ! (cd "$work" && patch -p1 --forward --batch --silent <"$patch_file") >&2; then
+      log "ERROR: $patch_file no longer applies to FerretDB $ferretdb_version; not building an unpatched server"
+      rm -rf "$work"
+      return 1
+    fi
+  done
   # Go fetches the toolchain the module names (go1.24.x) if the local one
   # cannot build it; both come through the Go module proxy.
   (cd "$work" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" CGO_ENABLED=0 \
