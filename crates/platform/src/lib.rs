@@ -2,6 +2,7 @@
 //! body, the HTTP layers every route gets, shutdown on signals, health
 //! checks, metrics, trace context and connections to MongoDB and Redis.
 
+pub mod backoff;
 pub mod connect;
 pub mod document;
 pub mod env;

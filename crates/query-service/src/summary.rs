@@ -28,7 +28,7 @@
 //! The `rev` check is in the write's filter, which MongoDB applies
 //! atomically with the write.
 
-use std::{collections::BTreeSet, future::IntoFuture};
+use std::{collections::BTreeSet, future::IntoFuture, time::Duration};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use futures::TryStreamExt;
@@ -38,8 +38,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::generation::ActiveGeneration;
 
-/// Writes of one summary before giving up on a burst of concurrent changes.
-const MAX_ROUNDS: usize = 5;
+/// Writes of one summary before giving up on a burst of concurrent changes,
+/// and the waits between them (see `platform::backoff`).
+const MAX_ROUNDS: u32 = 16;
+const RETRY_BASE: Duration = Duration::from_millis(2);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What the books of one author add up to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -165,7 +168,15 @@ impl AuthorSummaries {
     async fn converge(&self, key: &str, scope: Scope<'_>) -> anyhow::Result<()> {
         // One generation throughout, even if a switch happens meanwhile.
         let collections = self.generation.collections();
-        for _ in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(platform::backoff::jittered(
+                    round - 1,
+                    RETRY_BASE,
+                    RETRY_MAX,
+                ))
+                .await;
+            }
             // The summary first, then the books: see the module docs.
             let (rev, kept) = match collections
                 .authors

@@ -13,6 +13,8 @@
 //! valid, else a new trace; see `platform::trace`), so the event can be
 //! followed from this request to its projection.
 
+use std::time::Duration;
+
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
@@ -35,10 +37,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{auth::Authenticated, relay::Outgoing, state::AppState, store::StoreError};
 
-/// How many times a change is retried after losing a compare-and-set to a
-/// writer of another replica (writers of one replica take turns) before
-/// answering 409.
-const MAX_ATTEMPTS: usize = 16;
+/// How many times a change is tried, losing a compare-and-set to a
+/// concurrent writer each time, before answering 409.
+const MAX_ATTEMPTS: u32 = 16;
+/// The first wait after a lost compare-and-set, and the longest: retries
+/// are spread so that the writers who collided do not collide again.
+const RETRY_BASE: Duration = Duration::from_millis(1);
+const RETRY_MAX: Duration = Duration::from_millis(64);
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -429,7 +434,11 @@ async fn execute(
     command: Command,
 ) -> Result<Outcome, ApiError> {
     let object_id = object_id(id);
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            let wait = platform::backoff::jittered(attempt - 1, RETRY_BASE, RETRY_MAX);
+            tokio::time::sleep(wait).await;
+        }
         let current = match state.store.find(object_id).await.map_err(store_error)? {
             Some(StoredBook::Live(book)) => book,
             Some(StoredBook::Deleted { .. }) | None => {
