@@ -45,6 +45,8 @@ export WRITE_DB_NAME="${run_id}_write" READ_DB_NAME="${run_id}_read"
 export EVENTS_STREAM="$run_id:events" CACHE_KEY_PREFIX="$run_id:cache:"
 export CONSUMER_GROUP="$run_id" CONSUMER_NAME="$run_id" API_TOKENS="$run_id-token"
 export BENCH_TOKEN="$API_TOKENS" RUST_LOG="${RUST_LOG:-warn}" HOST=127.0.0.1
+# The database commands per request come from the services' own counts.
+export MONGO_COMMAND_METRICS=true
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 command_port=$(free_port)
 query_port=$(free_port)

@@ -221,8 +221,10 @@ impl Drivers {
         run: &str,
     ) -> anyhow::Result<Self> {
         let timeout = std::time::Duration::from_secs(5);
+        // Counting commands, as the services do under `scripts/bench.sh`.
         let mongo =
-            platform::connect::mongo_client(&RedactedUrl::new(mongo_url), "bench", timeout).await?;
+            platform::connect::mongo_client(&RedactedUrl::new(mongo_url), "bench", timeout, true)
+                .await?;
         let redis = platform::connect::redis_client(&RedactedUrl::new(redis_url))?;
         Ok(Self {
             scratch: mongo

@@ -38,6 +38,7 @@ impl Application {
             &settings.mongo_url,
             "command-service",
             settings.dependency_timeout,
+            settings.mongo_command_metrics,
         )
         .await?;
         let database = client.database(&settings.database);

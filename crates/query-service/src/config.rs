@@ -47,6 +47,9 @@ pub struct Settings {
     /// How long a MongoDB or Redis operation may wait for its server
     /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
     pub dependency_timeout: Duration,
+    /// Whether MongoDB commands are counted by name in `/metrics`
+    /// (`MONGO_COMMAND_METRICS`, default false: it costs CPU per command).
+    pub mongo_command_metrics: bool,
     /// How long a stop (SIGTERM) waits for in-flight requests and background
     /// work before the process exits anyway (`SHUTDOWN_TIMEOUT_MS`, default
     /// 10000).
@@ -101,6 +104,7 @@ impl Settings {
             batch: env::parse("CONSUMER_BATCH", 256)?,
             block: env::millis("CONSUMER_BLOCK_MS", 2000)?,
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
+            mongo_command_metrics: env::parse("MONGO_COMMAND_METRICS", false)?,
             shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,
             shutdown_drain: env::millis("SHUTDOWN_DRAIN_MS", 0)?,
             cache_prefix: env::string("CACHE_KEY_PREFIX", "books:cache:"),

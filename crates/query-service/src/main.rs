@@ -98,6 +98,7 @@ impl Models {
             &settings.mongo_url,
             "query-service",
             settings.dependency_timeout,
+            settings.mongo_command_metrics,
         )
         .await?;
         let redis = platform::connect::redis_client(&settings.redis_url)?;

@@ -52,6 +52,7 @@ impl Application {
             &settings.mongo_url,
             "query-service",
             settings.dependency_timeout,
+            settings.mongo_command_metrics,
         )
         .await?;
         let database = client.database(&settings.database);
@@ -219,6 +220,7 @@ pub async fn write_books(
             &settings.write_mongo_url,
             "query-service",
             settings.dependency_timeout,
+            settings.mongo_command_metrics,
         )
         .await?
     };

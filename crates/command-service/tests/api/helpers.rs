@@ -37,6 +37,7 @@ pub(crate) async fn test_settings() -> Settings {
         redis_url: RedactedUrl::new(servers.redis_url.clone()),
         stream: unique("events"),
         dependency_timeout: Duration::from_secs(1),
+        mongo_command_metrics: true,
         shutdown_timeout: Duration::from_secs(10),
         shutdown_drain: Duration::ZERO,
         outbox_sweep_interval: Duration::from_millis(100),

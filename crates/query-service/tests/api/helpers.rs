@@ -52,6 +52,7 @@ pub(crate) async fn test_settings() -> Settings {
         batch: 64,
         block: Duration::from_millis(200),
         dependency_timeout: Duration::from_secs(1),
+        mongo_command_metrics: true,
         shutdown_timeout: Duration::from_secs(10),
         shutdown_drain: Duration::ZERO,
         cache_prefix: format!("{}:", unique("cache")),
