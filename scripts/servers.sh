@@ -69,9 +69,10 @@ install_redis() {
 # start: the module lacks build/version/version.txt. Build from a copy of the
 # module with that file written and our patches applied, in name order (each
 # says why at its top): ferretdb-atomic-writes.patch makes a conditional
-# write to one document atomic, as on MongoDB; ferretdb-unavailable-backend
-# answers a PostgreSQL outage with a transient error, as MongoDB answers an
-# unreachable node. The binary is rebuilt when a patch changes (their hash
+# write to one document atomic, as on MongoDB; ferretdb-id-index.patch lets
+# PostgreSQL serve a lookup by `_id` from its index; and
+# ferretdb-unavailable-backend.patch answers a PostgreSQL outage with a
+# transient error, as MongoDB answers an unreachable node. The binary is rebuilt when a patch changes (their hash
 # is kept beside it).
 build_ferretdb() {
   local patch_sum
