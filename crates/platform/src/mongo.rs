@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 
 /// The server's code for a write that collides with a unique index.
-pub const DUPLICATE_KEY: i32 = 11000;
+const DUPLICATE_KEY: i32 = 11000;
 
 /// Whether `error` is a write that collided with a unique index (`_id`
 /// included), as a single write or as a command error.

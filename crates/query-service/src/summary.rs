@@ -272,12 +272,10 @@ async fn write(
     rev: Option<ObjectId>,
     entries: &[Entry],
 ) -> anyhow::Result<bool> {
-    let condition = match rev {
-        Some(rev) => doc! { "rev": rev },
-        None => doc! { "rev": { "$exists": false } },
+    let filter = match rev {
+        Some(rev) => doc! { "_id": key, "rev": rev },
+        None => doc! { "_id": key, "rev": { "$exists": false } },
     };
-    let mut filter = doc! { "_id": key };
-    filter.extend(condition);
     let Some(summary) = summarize(entries) else {
         return Ok(authors.delete_one(filter).await?.deleted_count == 1);
     };
