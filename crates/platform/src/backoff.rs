@@ -1,5 +1,6 @@
-//! How long to wait before trying again: exponential, with full jitter, so
-//! that writers who collided do not collide again in step.
+//! The one retry policy of the workspace: waits that double from `base` up
+//! to `max`, optionally with full jitter so that writers who collided do
+//! not collide again in step.
 
 use std::{
     collections::hash_map::RandomState,
@@ -7,13 +8,56 @@ use std::{
     time::Duration,
 };
 
-/// A wait drawn uniformly from zero to `base * 2^attempt`, capped at `max`
-/// (`attempt` counts from 0).
-pub fn jittered(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1 << attempt.min(16)).min(max);
-    // A fresh std hasher is seeded at random: enough for spreading retries.
-    let random = RandomState::new().build_hasher().finish();
-    ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+/// Waits between tries of one operation; `reset` once it succeeds.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// Reconnecting to MongoDB or Redis, retrying a background step.
+    pub const DEPENDENCY: Backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+
+    pub const fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// Failures since the last `reset`.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The wait before the next try: `base * 2^failures`, capped at `max`.
+    pub fn next(&mut self) -> Duration {
+        let wait = self.ceiling();
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+
+    /// Like `next`, drawn uniformly from zero to that wait.
+    pub fn next_jittered(&mut self) -> Duration {
+        // A fresh std hasher is seeded at random: enough for spreading retries.
+        let random = RandomState::new().build_hasher().finish();
+        self.next()
+            .mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn ceiling(&self) -> Duration {
+        self.base
+            .saturating_mul(1 << self.failures.min(16))
+            .min(self.max)
+    }
 }
 
 #[cfg(test)]
@@ -21,21 +65,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waits_stay_under_the_doubling_ceiling_and_the_cap() {
-        let (base, max) = (Duration::from_millis(2), Duration::from_millis(50));
-        for attempt in 0..20 {
-            let ceiling = (base * 2u32.pow(attempt.min(16))).min(max);
-            for _ in 0..50 {
-                assert!(jittered(attempt, base, max) <= ceiling);
-            }
-        }
+    fn waits_double_up_to_the_cap_and_reset() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
     }
 
     #[test]
-    fn waits_are_spread_out() {
-        let waits: std::collections::HashSet<Duration> = (0..20)
-            .map(|_| jittered(5, Duration::from_millis(1), Duration::from_secs(1)))
-            .collect();
+    fn jittered_waits_stay_under_the_ceiling_and_are_spread_out() {
+        let mut waits = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_secs(1));
+            for attempt in 0..20u32 {
+                let ceiling = (Duration::from_millis(1) * 2u32.pow(attempt.min(16)))
+                    .min(Duration::from_secs(1));
+                let wait = backoff.next_jittered();
+                assert!(wait <= ceiling);
+                if attempt == 5 {
+                    waits.insert(wait);
+                }
+            }
+        }
         assert!(waits.len() > 10, "{waits:?}");
     }
 }

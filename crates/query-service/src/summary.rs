@@ -168,14 +168,10 @@ impl AuthorSummaries {
     async fn converge(&self, key: &str, scope: Scope<'_>) -> anyhow::Result<()> {
         // One generation throughout, even if a switch happens meanwhile.
         let collections = self.generation.collections();
+        let mut backoff = platform::backoff::Backoff::new(RETRY_BASE, RETRY_MAX);
         for round in 0..MAX_ROUNDS {
             if round > 0 {
-                tokio::time::sleep(platform::backoff::jittered(
-                    round - 1,
-                    RETRY_BASE,
-                    RETRY_MAX,
-                ))
-                .await;
+                tokio::time::sleep(backoff.next_jittered()).await;
             }
             // The summary first, then the books: see the module docs.
             let (rev, kept) = match collections

@@ -25,6 +25,7 @@ use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Book, BookDraft, BookEvent, BookId, BookPatch, PatchField};
 use platform::{
+    backoff::Backoff,
     document::{object_id, StoredBook},
     http::{etag, JsonBody, PathParam},
     problem::{parse_book_id, ProblemKind},
@@ -434,10 +435,10 @@ async fn execute(
     command: Command,
 ) -> Result<Outcome, ApiError> {
     let object_id = object_id(id);
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
-            let wait = platform::backoff::jittered(attempt - 1, RETRY_BASE, RETRY_MAX);
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(backoff.next_jittered()).await;
         }
         let current = match state.store.find(object_id).await.map_err(store_error)? {
             Some(StoredBook::Live(book)) => book,
