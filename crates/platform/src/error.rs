@@ -1,6 +1,8 @@
-//! The error type of every handler: a client mistake carries its problem
-//! body; anything else is logged once, with its cause chain, and answered
-//! with an opaque 503 (a dependency is down or slow) or 500.
+//! The error type of every handler (`ApiError`): a client mistake carries
+//! its problem body; anything else is logged once, with its cause chain, and
+//! answered with an opaque 503 (a dependency is down or slow) or 500. And
+//! the error of work on MongoDB and Redis (`Failure`), sorted once, where it
+//! arises, into what a retry fixes and what it does not.
 
 use axum::response::{IntoResponse, Response};
 
@@ -33,11 +35,85 @@ impl From<domain::ValidationErrors> for ApiError {
 
 impl From<mongodb::error::Error> for ApiError {
     fn from(error: mongodb::error::Error) -> Self {
-        if is_unavailable(&error) {
-            Self::Unavailable(error.into())
-        } else {
-            Self::Internal(error.into())
+        Failure::from(error).into()
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Transient(cause) => Self::Unavailable(cause),
+            Failure::Permanent(cause) => Self::Internal(cause),
         }
+    }
+}
+
+/// A failure of work on MongoDB or Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Passes by itself: a server unreachable, restarting, failing over or
+    /// slow, or concurrent writers of one document. Retrying helps.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// The same work would fail the same way.
+    #[error("{0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl Failure {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+impl From<mongodb::error::Error> for Failure {
+    fn from(error: mongodb::error::Error) -> Self {
+        if is_unavailable(&error) {
+            Self::Transient(error.into())
+        } else {
+            Self::Permanent(error.into())
+        }
+    }
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(error: redis::RedisError) -> Self {
+        let transient = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_timeout()
+            || matches!(
+                error.code(),
+                Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY")
+            );
+        if transient {
+            Self::Transient(error.into())
+        } else {
+            Self::Permanent(error.into())
+        }
+    }
+}
+
+impl From<crate::mongo::TimedOut> for Failure {
+    fn from(error: crate::mongo::TimedOut) -> Self {
+        Self::Transient(error.into())
+    }
+}
+
+impl From<crate::document::CorruptBook> for Failure {
+    fn from(error: crate::document::CorruptBook) -> Self {
+        Self::Permanent(error.into())
+    }
+}
+
+impl From<bson::de::Error> for Failure {
+    fn from(error: bson::de::Error) -> Self {
+        Self::Permanent(error.into())
+    }
+}
+
+impl From<bson::ser::Error> for Failure {
+    fn from(error: bson::ser::Error) -> Self {
+        Self::Permanent(error.into())
     }
 }
 

@@ -5,6 +5,8 @@ use std::{future::Future, time::Duration};
 
 use mongodb::error::{Error, ErrorKind, WriteFailure};
 
+use crate::error::Failure;
+
 /// The server's code for a write that collides with a unique index.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -30,9 +32,9 @@ pub struct TimedOut(pub Duration);
 pub async fn bounded<T, E>(
     limit: Duration,
     operation: impl Future<Output = Result<T, E>>,
-) -> anyhow::Result<T>
+) -> Result<T, Failure>
 where
-    anyhow::Error: From<E>,
+    Failure: From<E>,
 {
     match tokio::time::timeout(limit, operation).await {
         Ok(outcome) => Ok(outcome?),

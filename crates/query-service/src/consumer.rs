@@ -618,7 +618,11 @@ impl Consumer {
         &self,
         work: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        platform::mongo::bounded(self.timeout * APPLY_TIMEOUT_FACTOR, work).await
+        let limit = self.timeout * APPLY_TIMEOUT_FACTOR;
+        match tokio::time::timeout(limit, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(platform::mongo::TimedOut(limit).into()),
+        }
     }
 }
 
