@@ -37,7 +37,11 @@ macro_rules! text_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        #[schema($($schema)*)]
+        // The same rule as `parse_text`: not blank, no control characters.
+        #[schema(
+            pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
+            $($schema)*
+        )]
         pub struct $name(String);
 
         impl $name {
