@@ -35,17 +35,17 @@ impl Backoff {
     }
 
     /// The wait before the next try: `base * 2^failures`, capped at `max`.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let wait = self.ceiling();
         self.failures = self.failures.saturating_add(1);
         wait
     }
 
-    /// Like `next`, drawn uniformly from zero to that wait.
+    /// Like `next_delay`, drawn uniformly from zero to that wait.
     pub fn next_jittered(&mut self) -> Duration {
         // A fresh std hasher is seeded at random: enough for spreading retries.
         let random = RandomState::new().build_hasher().finish();
-        self.next()
+        self.next_delay()
             .mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
     }
 
@@ -67,10 +67,10 @@ mod tests {
     #[test]
     fn waits_double_up_to_the_cap_and_reset() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
         backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
     }
 
     #[test]

@@ -1,22 +1,16 @@
-//! query-service: consumes book events from the Redis Stream through a
-//! consumer group, applies them to its own read model with a version guard
-//! (so duplicates and reordering change nothing), keeps author summaries and
-//! a Redis read cache current from the same events, and serves reads.
+//! query-service: consumes book events from the Redis Stream into its own
+//! read model and serves reads.
+//!
+//! - `apply`: the stream, through a consumer group, into the read model;
+//! - `read_model`: the books, author summaries, cache and generations;
+//! - `read`: the HTTP routes;
+//! - `maintain`: reconciliation, rebuilds and dead letters.
 
-pub mod cache;
+pub mod apply;
 pub mod config;
-pub mod consumer;
-pub mod dead_letters;
-pub mod generation;
-pub mod listing;
-pub mod local_copy;
-pub mod lookup;
+pub mod maintain;
 pub mod metrics;
-pub mod projection;
-pub mod projector;
-pub mod rebuild;
-pub mod reconcile;
-pub mod routes;
+pub mod read;
+pub mod read_model;
 pub mod startup;
 pub mod state;
-pub mod summary;

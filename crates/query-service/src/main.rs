@@ -13,12 +13,13 @@
 use platform::document::BookDocument;
 use query_service::{
     config::Settings,
-    dead_letters::DeadLetters,
-    generation::ActiveGeneration,
-    projection::ReadModel,
-    rebuild::Rebuild,
-    reconcile::{reconcile, Repair, SETTLE},
-    routes,
+    maintain::{
+        dead_letters::DeadLetters,
+        rebuild::Rebuild,
+        reconcile::{reconcile, Repair, SETTLE},
+    },
+    read,
+    read_model::{ActiveGeneration, Books},
     startup::{self, Application},
 };
 
@@ -31,7 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("openapi") {
-        println!("{}", routes::openapi().to_pretty_json()?);
+        println!("{}", read::openapi().to_pretty_json()?);
         return Ok(());
     }
     // `.env` is a development convenience; real deployments set variables.
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         Some("reconcile") => {
             let models = Models::connect(&settings).await?;
             let named = ActiveGeneration::named(&models.read_db).await?;
-            let read_model = ReadModel::on(ActiveGeneration::fixed(&models.read_db, &named));
+            let read_model = Books::on(ActiveGeneration::fixed(&models.read_db, &named));
             let report = reconcile(&models.write_books, &read_model, &models.emit).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

@@ -15,19 +15,13 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::BookCache,
+    apply::{projector::Projector, stream::EventStream, Consumer},
     config::Settings,
-    consumer::Consumer,
-    generation::ActiveGeneration,
-    local_copy::LocalCopy,
-    lookup::BookLookup,
+    maintain::reconcile::{self, Reconciler},
     metrics::ConsumerGroup,
-    projection::ReadModel,
-    projector::Projector,
-    reconcile::{self, Reconciler},
-    routes,
+    read::{self, lookup::BookLookup},
+    read_model::{ActiveGeneration, AuthorSummaries, BookCache, Books, LocalCopy},
     state::{AppState, Shared},
-    summary::AuthorSummaries,
 };
 
 /// Reads take no body; this only bounds what a client may send anyway.
@@ -57,7 +51,7 @@ impl Application {
         .await?;
         let database = client.database(&settings.database);
         let generation = ActiveGeneration::new(&database);
-        let read_model = ReadModel::on(generation.clone());
+        let books = Books::on(generation.clone());
         let summaries = AuthorSummaries::on(generation.clone());
         let write_books = write_books(&settings, &client).await?;
 
@@ -76,7 +70,7 @@ impl Application {
         let group_created = Arc::new(Notify::new());
         let reconciler = Reconciler {
             write_books,
-            read_model: read_model.clone(),
+            read_model: books.clone(),
             redis: redis.clone(),
             stream: settings.stream.clone(),
             group: settings.group.clone(),
@@ -91,21 +85,24 @@ impl Application {
         let (batches, batches_seen) = watch::channel(0);
         let consumer_status = WorkerStatus::default();
         let consumer = Consumer {
-            client: redis_client,
+            stream: EventStream {
+                client: redis_client,
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+                consumer: settings.consumer.clone(),
+                dead_letter_stream: settings.dead_letter_stream.clone(),
+                batch: settings.batch,
+                block: settings.block,
+                timeout: settings.dependency_timeout,
+                claim_idle: settings.claim_idle,
+            },
             projector: Projector {
-                read_model: read_model.clone(),
+                books: books.clone(),
                 summaries: summaries.clone(),
                 cache: cache.clone(),
+                timeout: settings.dependency_timeout,
             },
             batches,
-            stream: settings.stream.clone(),
-            group: settings.group.clone(),
-            name: settings.consumer.clone(),
-            dead_letter_stream: settings.dead_letter_stream.clone(),
-            batch: settings.batch,
-            block: settings.block,
-            timeout: settings.dependency_timeout,
-            claim_idle: settings.claim_idle,
             max_deliveries: settings.max_deliveries.max(1),
             trim_interval: settings.trim_interval,
             group_created,
@@ -119,9 +116,9 @@ impl Application {
         let state = AppState::new(Shared {
             lookup: BookLookup {
                 cache,
-                read_model: read_model.clone(),
+                books: books.clone(),
             },
-            read_model,
+            books,
             summaries,
             batches: batches_seen,
             read_your_writes_timeout: settings.read_your_writes_timeout,
@@ -140,7 +137,7 @@ impl Application {
         });
         // A read may wait for its version, then read MongoDB and Redis; this
         // bounds one whose server hangs.
-        let router = routes::router(
+        let router = read::router(
             state,
             BODY_LIMIT,
             settings.read_your_writes_timeout + settings.dependency_timeout * 3,

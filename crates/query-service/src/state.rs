@@ -6,7 +6,10 @@ use axum::extract::FromRef;
 use platform::{health::Dependencies, metrics::Scrape};
 use tokio::sync::watch;
 
-use crate::{lookup::BookLookup, projection::ReadModel, summary::AuthorSummaries};
+use crate::{
+    read::lookup::BookLookup,
+    read_model::{AuthorSummaries, Books},
+};
 
 /// What the handlers share, behind one `Arc`: axum clones the state for
 /// every request, and this makes that one reference count.
@@ -28,7 +31,7 @@ impl Deref for AppState {
 }
 
 pub struct Shared {
-    pub read_model: ReadModel,
+    pub books: Books,
     pub lookup: BookLookup,
     pub summaries: AuthorSummaries,
     /// Bumped by the local consumer after each batch: a read waiting for a
@@ -41,9 +44,9 @@ pub struct Shared {
     pub scrape: Scrape,
 }
 
-impl FromRef<AppState> for ReadModel {
+impl FromRef<AppState> for Books {
     fn from_ref(state: &AppState) -> Self {
-        state.read_model.clone()
+        state.books.clone()
     }
 }
 

@@ -351,8 +351,8 @@ async fn concurrent_updates_of_one_author_leave_the_summary_the_books_give() {
     let settings = test_settings().await;
     let _cleanup = cleanup_for(&settings);
     let db = test_support::mongo_database(&settings.database).await;
-    let read_model = query_service::projection::ReadModel::new(&db);
-    let summaries = query_service::summary::AuthorSummaries::new(&db);
+    let read_model = query_service::read_model::Books::new(&db);
+    let summaries = query_service::read_model::AuthorSummaries::new(&db);
     let mut books = Vec::new();
     // A few rounds: one round may happen to end with an up-to-date write
     // even when writers do not check what they wrote.
@@ -370,7 +370,7 @@ async fn concurrent_updates_of_one_author_leave_the_summary_the_books_give() {
             let (read_model, summaries) = (read_model.clone(), summaries.clone());
             async move {
                 read_model
-                    .apply(&BookEvent::created(book, None))
+                    .upsert(&BookEvent::created(book, None))
                     .await
                     .unwrap();
                 let id = bson::oid::ObjectId::parse_str(book.id.as_str()).unwrap();
@@ -399,8 +399,8 @@ async fn an_event_redelivered_after_a_crash_between_writes_completes_the_summary
     let event = BookEvent::created(book, None);
     // What a crash right after the book write leaves: the book, but neither
     // the summary nor the cache entry, and the event still pending.
-    query_service::projection::ReadModel::new(&app.db)
-        .apply(&event)
+    query_service::read_model::Books::new(&app.db)
+        .upsert(&event)
         .await
         .unwrap();
 
@@ -412,71 +412,4 @@ async fn an_event_redelivered_after_a_crash_between_writes_completes_the_summary
         json!(["Kindred"])
     );
     assert_eq!(app.cache_entry(book.id.as_str()).await["v"], "1");
-}
-
-#[tokio::test]
-async fn books_of_an_older_read_model_get_their_author_and_summary_at_start() {
-    // A document as the first release wrote it: no author keys.
-    let settings = crate::helpers::test_settings().await;
-    let db = test_support::mongo_database(&settings.database).await;
-    let id = bson::oid::ObjectId::new();
-    let now = bson::DateTime::now();
-    db.collection::<bson::Document>("books")
-        .insert_one(bson::doc! {
-            "_id": id, "title": "Persuasion", "author": "Jane Austen", "publishedYear": 1817,
-            "createdAt": now, "updatedAt": now, "version": 1_i64, "deleted": false,
-        })
-        .await
-        .unwrap();
-
-    let app = crate::helpers::spawn_cleaned_app_with(settings).await;
-
-    let summary = test_support::eventually(
-        "the summary of the older book's author",
-        crate::helpers::DEADLINE,
-        || async {
-            let response = app.get_author("jane austen").await;
-            (response.status() == 200).then_some(())?;
-            response.json::<Value>().await.ok()
-        },
-    )
-    .await;
-    assert_eq!(summary["bookCount"], 1);
-    assert_eq!(summary["titles"], json!(["Persuasion"]));
-    assert_eq!(
-        app.list_titles(&[("author", "JANE AUSTEN")]).await,
-        ["Persuasion"]
-    );
-}
-
-#[tokio::test]
-async fn a_summary_stored_before_entries_were_kept_is_rebuilt_from_the_books() {
-    let app = spawn_app().await;
-    let books = books_in_creation_order(&[
-        ("Emma", "Jane Austen", 1815),
-        ("Persuasion", "Jane Austen", 1817),
-    ]);
-    // The first book is in the read model, with a summary as an older
-    // release stored it: figures only, no entries and no revision.
-    query_service::projection::ReadModel::new(&app.db)
-        .apply(&BookEvent::created(&books[0], None))
-        .await
-        .unwrap();
-    app.db
-        .collection::<bson::Document>("authors")
-        .insert_one(bson::doc! {
-            "_id": "jane austen", "author": "Jane Austen", "bookCount": 1_i64,
-            "firstPublishedYear": 1815, "lastPublishedYear": 1815, "titles": ["Emma"],
-        })
-        .await
-        .unwrap();
-
-    // The second book's event updates that summary: both books count.
-    app.publish(&BookEvent::created(&books[1], None)).await;
-    app.wait_until_consumed().await;
-
-    let summary = summary(&app, "Jane Austen").await;
-    assert_eq!(summary["bookCount"], 2);
-    assert_eq!(summary["titles"], json!(["Emma", "Persuasion"]));
-    assert_eq!(summary["lastPublishedYear"], 1817);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use domain::{BookEvent, BookId};
-use query_service::cache::{BookCache, Cached};
+use query_service::read_model::{BookCache, Cached};
 use serde_json::Value;
 use test_support::{assert_problem, eventually, metrics::Scrape, TcpProxy};
 

@@ -203,8 +203,8 @@ impl TestApp {
     }
 
     /// The service's dead-letter stream, as an operator sees it.
-    pub(crate) fn dead_letters(&self) -> query_service::dead_letters::DeadLetters {
-        query_service::dead_letters::DeadLetters {
+    pub(crate) fn dead_letters(&self) -> query_service::maintain::dead_letters::DeadLetters {
+        query_service::maintain::dead_letters::DeadLetters {
             redis: self.redis.clone(),
             stream: self.settings.stream.clone(),
             dead_letter_stream: self.settings.dead_letter_stream.clone(),

@@ -433,7 +433,7 @@ async fn paging_neither_skips_nor_repeats_a_book_while_books_are_added() {
 async fn the_indexes_are_created_again_on_a_read_model_that_has_them() {
     // As at every restart of the service on an existing read model.
     let app = spawn_app().await;
-    let read_model = query_service::projection::ReadModel::new(&app.db);
+    let read_model = query_service::read_model::Books::new(&app.db);
     read_model.ensure_indexes().await.expect("first creation");
     read_model
         .ensure_indexes()

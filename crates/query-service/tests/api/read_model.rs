@@ -3,10 +3,7 @@
 
 use domain::BookEvent;
 use platform::document::StoredBook;
-use query_service::{
-    generation::ActiveGeneration,
-    projection::{Applied, ReadModel},
-};
+use query_service::read_model::{ActiveGeneration, Applied, Books};
 
 use crate::helpers::{deleted, new_book, spawn_app, updated};
 
@@ -20,11 +17,11 @@ fn title_of(current: &StoredBook) -> Option<&str> {
 #[tokio::test]
 async fn only_events_newer_than_the_stored_version_are_written() {
     let app = spawn_app().await;
-    let read_model = ReadModel::on(ActiveGeneration::new(&app.db));
+    let read_model = Books::on(ActiveGeneration::new(&app.db));
     let book = new_book("First");
 
     let (applied, record) = read_model
-        .apply(&BookEvent::created(&book, None))
+        .upsert(&BookEvent::created(&book, None))
         .await
         .unwrap();
     assert_eq!(applied, Applied::Written);
@@ -34,7 +31,7 @@ async fn only_events_newer_than_the_stored_version_are_written() {
     assert_eq!(record.author_keys, [book.state.author.key()]);
 
     let (applied, record) = read_model
-        .apply(&updated(&book, "Second", 2))
+        .upsert(&updated(&book, "Second", 2))
         .await
         .unwrap();
     assert_eq!(applied, Applied::Written);
@@ -46,7 +43,7 @@ async fn only_events_newer_than_the_stored_version_are_written() {
         updated(&book, "Second again", 2),
         BookEvent::created(&book, None),
     ] {
-        let (applied, record) = read_model.apply(&event).await.unwrap();
+        let (applied, record) = read_model.upsert(&event).await.unwrap();
         assert_eq!(applied, Applied::Stale, "{event:?}");
         assert_eq!(record, None);
     }
@@ -54,7 +51,7 @@ async fn only_events_newer_than_the_stored_version_are_written() {
     assert_eq!(stored.current.version(), 2);
     assert_eq!(title_of(&stored.current), Some("Second"));
 
-    let (applied, record) = read_model.apply(&deleted(&book, 3)).await.unwrap();
+    let (applied, record) = read_model.upsert(&deleted(&book, 3)).await.unwrap();
     assert_eq!(applied, Applied::Written);
     let record = record.unwrap();
     assert_eq!(record.current, StoredBook::Deleted { version: 3 });

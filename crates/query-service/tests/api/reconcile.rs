@@ -8,10 +8,11 @@ use bson::{doc, Document};
 use domain::BookEvent;
 use futures::TryStreamExt;
 use query_service::{
-    generation::{ActiveGeneration, Collections},
-    projection::ReadModel,
-    rebuild::Rebuild,
-    reconcile::{reconcile, Repair, Report},
+    maintain::{
+        rebuild::Rebuild,
+        reconcile::{reconcile, Repair, Report},
+    },
+    read_model::{ActiveGeneration, Books, Collections},
 };
 use test_support::eventually;
 
@@ -74,7 +75,7 @@ async fn books_whose_events_never_arrived_reach_the_read_model_at_start() {
 #[tokio::test]
 async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() {
     let app = spawn_app().await;
-    let read_model = ReadModel::new(&app.db);
+    let read_model = Books::new(&app.db);
     let current = new_book("Current");
     let behind = new_book("Behind");
     let missing = new_book("Missing");
@@ -84,7 +85,7 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
         BookEvent::created(&behind, None),
         BookEvent::created(&unknown, None),
     ] {
-        read_model.apply(&event).await.unwrap();
+        read_model.upsert(&event).await.unwrap();
     }
     let behind_now = revised(&behind, 2, |_| {});
     app.write_books()
@@ -97,7 +98,7 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
         .unwrap();
     let write_books = app.write_books().clone_with_type();
 
-    let repair = Repair::Apply(read_model.clone());
+    let repair = Repair::Write(read_model.clone());
     let report = reconcile(&write_books, &read_model, &repair).await.unwrap();
 
     assert_eq!(
@@ -133,7 +134,7 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
 #[tokio::test]
 async fn a_walk_skips_write_model_documents_that_are_not_books() {
     let app = spawn_app().await;
-    let read_model = ReadModel::new(&app.db);
+    let read_model = Books::new(&app.db);
     let book = new_book("Valid");
     app.write_books()
         .insert_many([
@@ -146,7 +147,7 @@ async fn a_walk_skips_write_model_documents_that_are_not_books() {
     let report = reconcile(
         &app.write_books().clone_with_type(),
         &read_model,
-        &Repair::Apply(read_model.clone()),
+        &Repair::Write(read_model.clone()),
     )
     .await
     .unwrap();

@@ -3,7 +3,7 @@
 //! skipping or repeating a book while others are added.
 //!
 //! Pure logic (validation, cursor encoding, the MongoDB filter and sort
-//! documents); `ReadModel::list` runs the query.
+//! documents); `Books::list` runs the query.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};

@@ -1,11 +1,12 @@
-//! The HTTP routes, one module per resource, and the OpenAPI document
-//! generated from them.
+//! Serving reads: the HTTP routes, one module per resource, and the
+//! OpenAPI document generated from them.
 
 mod authors;
 mod books;
+pub mod listing;
+pub mod lookup;
 
 use axum::Router;
-use platform::ApiError;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -46,13 +47,4 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState, body_limit: usize, deadline: std::time::Duration) -> Router {
     let (routes, _) = platform::openapi::split(routes());
     platform::http::with_common_layers(routes.with_state(state), body_limit, deadline)
-}
-
-/// A read-model failure as an answer: 503 when MongoDB cannot be reached,
-/// 500 otherwise.
-fn store_error(error: anyhow::Error) -> ApiError {
-    match error.downcast::<mongodb::error::Error>() {
-        Ok(mongo) => mongo.into(),
-        Err(other) => ApiError::Internal(other),
-    }
 }

@@ -5,10 +5,11 @@
 
 use domain::BookId;
 
+use platform::error::Failure;
+
 use crate::{
-    cache::{BookCache, Cached},
     metrics::{self, CacheResult},
-    projection::ReadModel,
+    read_model::{BookCache, Books, Cached},
 };
 
 /// Whether a lookup may be answered from the process's copy of the cache.
@@ -23,22 +24,22 @@ enum CacheRead {
 #[derive(Clone)]
 pub struct BookLookup {
     pub cache: BookCache,
-    pub read_model: ReadModel,
+    pub books: Books,
 }
 
 impl BookLookup {
     /// The book as it is now: its JSON and version, its tombstone, or
     /// `None` when the read model never heard of it. A hot book comes from
-    /// the process's copy of the cache (see `cache`).
+    /// the process's copy of the cache.
     #[tracing::instrument(skip(self))]
-    pub async fn current(&self, id: &BookId) -> anyhow::Result<Option<Cached>> {
+    pub async fn current(&self, id: &BookId) -> Result<Option<Cached>, Failure> {
         self.look_up(id, CacheRead::Local).await
     }
 
     /// Like `current`, but never from the process's copy of the cache: for
     /// a reader waiting for a version the consumer has just written.
     #[tracing::instrument(skip(self))]
-    pub async fn latest(&self, id: &BookId) -> anyhow::Result<Option<Cached>> {
+    pub async fn latest(&self, id: &BookId) -> Result<Option<Cached>, Failure> {
         self.look_up(id, CacheRead::Fresh).await
     }
 
@@ -51,7 +52,7 @@ impl BookLookup {
         })
     }
 
-    async fn look_up(&self, id: &BookId, read: CacheRead) -> anyhow::Result<Option<Cached>> {
+    async fn look_up(&self, id: &BookId, read: CacheRead) -> Result<Option<Cached>, Failure> {
         let cached = match read {
             CacheRead::Local => self.cache.get(id).await,
             CacheRead::Fresh => self.cache.get_fresh(id).await,
@@ -74,7 +75,7 @@ impl BookLookup {
                 false
             }
         };
-        let Some(record) = self.read_model.find(id).await? else {
+        let Some(record) = self.books.find(id).await? else {
             return Ok(None);
         };
         let entry = Cached::from(&record.current);

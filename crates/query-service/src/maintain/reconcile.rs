@@ -1,22 +1,8 @@
-//! Anti-entropy: the read model converges even when events are lost on the
-//! way (Redis restarted without persistence, a stream trimmed by hand, an
-//! entry deleted). A reconciliation walks the write model's books and the
-//! read model's `{_id, version}` side by side, in `_id` order, and repairs
-//! every book the read model lacks or holds at an older version:
-//!
-//! - `Repair::Emit` appends an event carrying the book's current state to
-//!   the stream, where the consumers of every replica apply it as any other
-//!   event (read model, cache, summaries). This is what a running service
-//!   does: at start, every `RECONCILE_INTERVAL_MS`, when its consumer group
-//!   had to be created again (Redis lost it), and on demand
-//!   (`query-service reconcile`).
-//! - `Repair::Apply` writes the book straight into a read model; a rebuild
-//!   fills its new generation this way.
-//!
-//! Both are harmless to repeat: a book that arrives meanwhile by its own
-//! event makes the repair a stale duplicate, which the version guard
-//! ignores. The walk needs read access to the write model's database and
-//! memory for one batch only.
+//! Anti-entropy: walks the write model's books and the read model's
+//! versions side by side in `_id` order and repairs every book the read
+//! model lacks or holds at an older version, so the read model converges
+//! even when events were lost on the way (Redis restarted without
+//! persistence, a stream trimmed by hand). Repairs are harmless to repeat.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -26,6 +12,7 @@ use domain::{BookEvent, BookId};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::Collection;
 use platform::{
+    backoff::Backoff,
     document::{BookDocument, StoredBook},
     lease::Lease,
 };
@@ -34,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::ReadModel;
+use crate::read_model::Books;
 
 /// How long a book found behind may take to catch up by its own event
 /// before it is emitted again: events in flight normally take
@@ -44,10 +31,12 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 const EMIT_BATCH: usize = 4096;
 /// Books applied per batch.
 const APPLY_BATCH: usize = 256;
-/// Concurrent applies of a `Repair::Apply` batch.
+/// Concurrent applies of a `Repair::Write` batch.
 const APPLY_CONCURRENCY: usize = 16;
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How soon a walk that must run tries again while another replica walks.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+/// Waits between failed walks.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// What one reconciliation found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -83,7 +72,7 @@ pub enum Repair {
         settle: Duration,
     },
     /// Write the book's current state into this read model.
-    Apply(ReadModel),
+    Write(Books),
 }
 
 impl Repair {
@@ -91,13 +80,13 @@ impl Repair {
     fn batch(&self) -> usize {
         match self {
             Repair::Emit { .. } => EMIT_BATCH,
-            Repair::Apply(_) => APPLY_BATCH,
+            Repair::Write(_) => APPLY_BATCH,
         }
     }
 
     /// Repairs `batch`, found behind since `found`; returns how many it
     /// repaired.
-    async fn run(&self, batch: Batch, read_model: &ReadModel) -> anyhow::Result<u64> {
+    async fn run(&self, batch: Batch, read_model: &Books) -> anyhow::Result<u64> {
         let mut events = batch.events;
         if events.is_empty() {
             return Ok(0);
@@ -131,14 +120,14 @@ impl Repair {
                 pipe.query_async::<()>(&mut redis.clone()).await?;
                 Ok(events.len() as u64)
             }
-            Repair::Apply(read_model) => {
+            Repair::Write(read_model) => {
                 let count = events.len() as u64;
                 // Each apply owns its handles: a future borrowing them
                 // would not be `Send` for every lifetime.
                 futures::stream::iter(events)
                     .map(|event| {
                         let read_model = read_model.clone();
-                        async move { read_model.apply(&event).await }
+                        async move { read_model.upsert(&event).await }
                     })
                     .buffer_unordered(APPLY_CONCURRENCY)
                     .try_collect::<Vec<_>>()
@@ -184,7 +173,7 @@ struct WrittenBook {
 /// read model lacks or holds at an older version.
 pub async fn reconcile(
     write_books: &Collection<BookDocument>,
-    read_model: &ReadModel,
+    read_model: &Books,
     repair: &Repair,
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
@@ -277,7 +266,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(600);
 /// backoff.
 pub struct Reconciler {
     pub write_books: Collection<BookDocument>,
-    pub read_model: ReadModel,
+    pub read_model: Books,
     pub redis: ConnectionManager,
     pub stream: String,
     /// The consumer group: a walk waits until it has caught up.
@@ -294,7 +283,7 @@ impl Reconciler {
             stream: self.stream.clone(),
             settle: SETTLE,
         };
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = RETRY;
         // A walk asked for because events were lost must run even while
         // another replica walks: that walk may already have passed the
         // books concerned. Periodic walks just skip a turn.
@@ -306,16 +295,15 @@ impl Reconciler {
             };
             let pause = match outcome {
                 Ok(Walk::Done) => {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     must_run = false;
                     None
                 }
                 Ok(Walk::Busy) if !must_run => None,
-                Ok(Walk::Busy) => Some(MIN_BACKOFF),
+                Ok(Walk::Busy) => Some(BUSY_RETRY),
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "reconciliation failed");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let pause = backoff.next_delay();
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "reconciliation failed");
                     Some(pause)
                 }
             };

@@ -1,11 +1,7 @@
-//! Which collections hold the read model. A rebuild writes a new
-//! *generation* of collections beside the one being served and, once it has
-//! caught up, points the read database's `readModel` document
-//! `{_id: "active"}` at it. Every replica follows that pointer: reads and
-//! applies use whatever generation is active at the time.
-//!
-//! The first generation (no pointer yet) is `books` and `authors`; a
-//! rebuild's generation `g` is `books_g` and `authors_g`.
+//! Which collections hold the read model. A rebuild fills a new generation
+//! (`books_<g>`, `authors_<g>`) beside the served one, then points
+//! `readModel {_id: "active"}` at it; every replica follows that pointer.
+//! The first generation (no pointer) is `books` and `authors`.
 
 use std::{
     sync::{Arc, RwLock},

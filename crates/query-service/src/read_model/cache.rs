@@ -1,19 +1,8 @@
-//! The read cache in Redis, as the tutorial recommends: one hash per book,
-//! `{v: <version>, body: <the JSON answer>}`, or `{v: <version>, gone: 1}`
-//! once the book is deleted.
-//!
-//! Every write goes through one Lua script that writes only when the key is
-//! absent or holds a lower version, so writers racing each other (the
-//! consumers of every replica, and reads refilling a miss) can only move an
-//! entry forward: the cache never goes back to an older version than one it
-//! showed.
-//!
-//! Reads may be answered from the process's own copy of hot entries
-//! (`local_copy`), which Redis keeps coherent: it invalidates the copy's
-//! entry as soon as any writer changes the key. The consumer that wrote a
-//! key waits for its own process's invalidation before acknowledging
-//! (`sync_local_copy`); another process's copy may show the replaced
-//! version for as long as the invalidation takes to arrive.
+//! The read cache in Redis: one hash per book, `{v, body}` or `{v, gone}`,
+//! written only through a script that moves an entry forward (to a higher
+//! version), so racing writers never take it back to an older one. Hot
+//! entries are also kept in the process (`LocalCopy`), which Redis
+//! invalidates on every change.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +10,9 @@ use axum::body::Bytes;
 use domain::BookId;
 use platform::document::StoredBook;
 
-use crate::local_copy::LocalCopy;
 use redis::{aio::ConnectionManager, Script, Value};
+
+use super::local_copy::LocalCopy;
 
 /// KEYS[1]: the book's key. ARGV: version, TTL in seconds, then the field
 /// (`body` or `gone`) and its value.
@@ -70,7 +60,7 @@ impl From<&StoredBook> for Cached {
 pub struct BookCache {
     redis: ConnectionManager,
     /// The process's copy of hot entries, if it keeps one.
-    local: Option<Arc<LocalCopy>>,
+    local: Option<Arc<LocalCopy<Cached>>>,
     prefix: String,
     ttl: Duration,
     put_if_newer: Script,
@@ -91,7 +81,7 @@ impl BookCache {
 
     /// The same cache, with reads answered from `local` when it holds the
     /// entry.
-    pub fn with_local_copy(self, local: Arc<LocalCopy>) -> Self {
+    pub fn with_local_copy(self, local: Arc<LocalCopy<Cached>>) -> Self {
         Self {
             local: Some(local),
             ..self

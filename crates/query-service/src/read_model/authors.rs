@@ -1,51 +1,27 @@
-//! The author summaries: one document per author key in the `authors`
-//! collection. Besides the figures it serves, each holds one entry per live
-//! book of the author (`books`: title, author, year, creation time, keyed by
-//! the book's id) and a revision token (`rev`, new at every write).
-//!
-//! An event changes the summaries of the keys its book ever had by
-//! replacing that book's entry with what the read model holds now (or
-//! removing it), then recomputing the figures from the entries. Every read
-//! is an `_id` lookup, so a change costs the same however many books the
-//! author or the catalogue has; only a rebuild (a new generation, a summary
-//! written before entries were kept) reads the author's books by key.
-//!
-//! Never an increment: an entry is the book's current state, so duplicates,
-//! reordering and redelivery cannot skew a summary. Why it converges with
-//! several replicas: a writer reads the summary, then the books, then
-//! replaces the summary only if its `rev` is still the one read, reading
-//! both again when it was not (up to `MAX_ROUNDS`, then the event is
-//! retried later). Take book B's last change, written to the
-//! read model at time t, and the replica R that applied it. R's successful
-//! write read the summary after t, since it read it after its own book
-//! write, and B's entry from a read after that: the final state. A later
-//! successful write by anyone read the summary after R's write (the `rev`
-//! changed), hence read B, if it touched B, after t as well. So every entry
-//! ends as its book's final state. A crash between a book write and its
-//! summary write leaves the event unacknowledged; its redelivery finds the
-//! book stale and updates the summaries all the same.
-//!
-//! The `rev` check is in the write's filter, which MongoDB applies
-//! atomically with the write.
+//! The author summaries: one document per author key, holding the figures
+//! served and one entry per live book of the author, rewritten from the
+//! read model's books under a revision check, never incremented, so
+//! duplicates and replicas cannot skew it (docs/ARCHITECTURE.md says why it
+//! converges).
 
 use std::{collections::BTreeSet, future::IntoFuture, time::Duration};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
-use platform::mongo::is_duplicate_key;
+use platform::{backoff::Backoff, error::Failure, mongo::is_duplicate_key};
 use serde::{Deserialize, Serialize};
 
-use crate::generation::ActiveGeneration;
+use super::generation::ActiveGeneration;
 
-/// Writes of one summary before giving up on a burst of concurrent changes,
-/// and the waits between them (see `platform::backoff`).
+/// Writes of one summary before giving up on a burst of concurrent changes
+/// (the event is retried later), and the waits between them.
 const MAX_ROUNDS: u32 = 16;
 const RETRY_BASE: Duration = Duration::from_millis(2);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What the books of one author add up to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorSummary {
     /// The author's name as spelled on their earliest created book.
@@ -65,23 +41,12 @@ pub struct AuthorSummary {
     pub titles: Vec<String>,
 }
 
-/// A summary as served; `_id` is the author key.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SummaryRecord {
-    author: String,
-    book_count: i64,
-    first_published_year: i32,
-    last_published_year: i32,
-    titles: Vec<String>,
-}
-
-/// What a writer reads of a stored summary.
+/// What a writer reads of a stored summary: its revision, new at every
+/// write, and its entries.
 #[derive(Debug, Deserialize)]
 struct Revision {
-    /// Absent on a summary written before entries were kept.
-    rev: Option<ObjectId>,
-    books: Option<Vec<Entry>>,
+    rev: ObjectId,
+    books: Vec<Entry>,
 }
 
 /// One live book of the author, as the summary counts it. Also the shape a
@@ -98,12 +63,6 @@ struct Entry {
 }
 
 const ENTRY_FIELDS: [&str; 5] = ["_id", "title", "author", "publishedYear", "createdAt"];
-
-/// A summary that kept changing under concurrent writers; the event that
-/// asked for it is retried later.
-#[derive(Debug, thiserror::Error)]
-#[error("the summary of author {0:?} kept changing under concurrent writers")]
-pub struct Contended(pub String);
 
 /// Which entries a write of a summary brings up to date.
 enum Scope<'a> {
@@ -131,49 +90,40 @@ impl AuthorSummaries {
 
     /// The stored summary of the author with this key.
     #[tracing::instrument(skip(self))]
-    pub async fn get(&self, key: &str) -> anyhow::Result<Option<AuthorSummary>> {
-        let Some(record) = self
+    pub async fn get(&self, key: &str) -> Result<Option<AuthorSummary>, Failure> {
+        Ok(self
             .generation
             .collections()
             .authors
-            .clone_with_type::<SummaryRecord>()
+            .clone_with_type::<AuthorSummary>()
             .find_one(doc! { "_id": key })
             .projection(doc! { "books": 0, "rev": 0 })
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(AuthorSummary {
-            author: record.author,
-            book_count: u64::try_from(record.book_count)?,
-            first_published_year: record.first_published_year,
-            last_published_year: record.last_published_year,
-            titles: record.titles,
-        }))
+            .await?)
     }
 
     /// Brings the entries of `books` in the summary of `key` up to what the
-    /// read model holds (see the module docs for why this converges).
+    /// read model holds.
     #[tracing::instrument(skip(self, books), fields(books = books.len()))]
-    pub async fn update(&self, key: &str, books: &BTreeSet<ObjectId>) -> anyhow::Result<()> {
+    pub async fn update(&self, key: &str, books: &BTreeSet<ObjectId>) -> Result<(), Failure> {
         self.converge(key, Scope::Books(books)).await
     }
 
     /// Rebuilds the summary of `key` from all of the author's books.
     #[tracing::instrument(skip(self))]
-    pub async fn rebuild(&self, key: &str) -> anyhow::Result<()> {
+    pub async fn rebuild(&self, key: &str) -> Result<(), Failure> {
         self.converge(key, Scope::All).await
     }
 
-    async fn converge(&self, key: &str, scope: Scope<'_>) -> anyhow::Result<()> {
+    async fn converge(&self, key: &str, scope: Scope<'_>) -> Result<(), Failure> {
         // One generation throughout, even if a switch happens meanwhile.
         let collections = self.generation.collections();
-        let mut backoff = platform::backoff::Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         for round in 0..MAX_ROUNDS {
             if round > 0 {
                 tokio::time::sleep(backoff.next_jittered()).await;
             }
-            // The summary first, then the books: see the module docs.
+            // The summary first, then the books: that order is what makes
+            // concurrent writers converge.
             let (rev, kept) = match collections
                 .authors
                 .clone_with_type::<Revision>()
@@ -181,19 +131,18 @@ impl AuthorSummaries {
                 .projection(doc! { "rev": 1, "books": 1 })
                 .await?
             {
-                Some(stored) => (stored.rev, stored.books),
-                None => (None, Some(Vec::new())),
+                Some(stored) => (Some(stored.rev), stored.books),
+                None => (None, Vec::new()),
             };
-            let entries = match (&kept, &scope) {
-                (Some(kept), Scope::Books(books)) => {
+            let entries = match &scope {
+                Scope::Books(books) => {
                     let mut entries = read_entries(&collections.books, key, books).await?;
                     entries.extend(kept.iter().filter(|e| !books.contains(&e.id)).cloned());
                     in_creation_order(entries)
                 }
-                // A summary written before entries were kept is rebuilt.
-                (None, _) | (_, Scope::All) => read_all_entries(&collections.books, key).await?,
+                Scope::All => read_all_entries(&collections.books, key).await?,
             };
-            if kept.as_ref() == Some(&entries) {
+            if kept == entries {
                 return Ok(());
             }
             if write(&collections.authors, key, rev, &entries).await? {
@@ -201,7 +150,9 @@ impl AuthorSummaries {
             }
             tracing::debug!(key, "author summary changed while written; reading again");
         }
-        Err(Contended(key.to_owned()).into())
+        Err(Failure::Transient(anyhow::anyhow!(
+            "the summary of author {key:?} kept changing under concurrent writers"
+        )))
     }
 }
 
@@ -211,7 +162,7 @@ async fn read_entries(
     books: &Collection<Document>,
     key: &str,
     ids: &BTreeSet<ObjectId>,
-) -> anyhow::Result<Vec<Entry>> {
+) -> Result<Vec<Entry>, Failure> {
     let mut projection = entry_projection();
     projection.extend(doc! { "authorKey": 1, "deleted": 1 });
     let found = futures::future::try_join_all(ids.iter().map(|id| {
@@ -260,41 +211,40 @@ fn in_creation_order(mut entries: Vec<Entry>) -> Vec<Entry> {
 }
 
 /// Replaces the summary of `key` with the one `entries` give (removes it
-/// when there are none) if it is still at `rev` (`None`: absent, or written
-/// before revisions were kept). Returns whether it was.
+/// when there are none) if it is still at `rev` (`None`: absent). Returns
+/// whether it was.
 async fn write(
     authors: &Collection<Document>,
     key: &str,
     rev: Option<ObjectId>,
     entries: &[Entry],
-) -> anyhow::Result<bool> {
-    let filter = match rev {
-        Some(rev) => doc! { "_id": key, "rev": rev },
-        None => doc! { "_id": key, "rev": { "$exists": false } },
-    };
+) -> Result<bool, Failure> {
     let Some(summary) = summarize(entries) else {
-        return Ok(authors.delete_one(filter).await?.deleted_count == 1);
+        let Some(rev) = rev else { return Ok(true) };
+        let deleted = authors.delete_one(doc! { "_id": key, "rev": rev }).await?;
+        return Ok(deleted.deleted_count == 1);
     };
     let document = doc! {
         "_id": key,
         "author": summary.author.as_str(),
-        "bookCount": i64::try_from(summary.book_count)?,
+        "bookCount": entries.len() as i64,
         "firstPublishedYear": summary.first_published_year,
         "lastPublishedYear": summary.last_published_year,
         "titles": &summary.titles,
         "books": bson::to_bson(entries)?,
         "rev": ObjectId::new(),
     };
-    // Absent or without a revision: inserted, unless a concurrent writer
-    // inserted it first (a duplicate key).
-    match authors
-        .replace_one(filter, document)
-        .upsert(rev.is_none())
-        .await
-    {
-        Ok(result) => Ok(result.matched_count == 1 || result.upserted_id.is_some()),
+    let written = match rev {
+        Some(rev) => authors
+            .replace_one(doc! { "_id": key, "rev": rev }, document)
+            .await
+            .map(|result| result.matched_count == 1),
+        // A concurrent writer may insert it first: a duplicate key.
+        None => authors.insert_one(document).await.map(|_| true),
+    };
+    match written {
         Err(error) if is_duplicate_key(&error) => Ok(false),
-        Err(error) => Err(error.into()),
+        other => Ok(other?),
     }
 }
 

@@ -1,21 +1,8 @@
 //! Each process's own copy of the hot entries of the Redis cache, kept
-//! coherent by Redis (server-assisted client-side caching): the copy reads
-//! through one RESP3 connection with key tracking on, so Redis pushes an
-//! invalidation on that connection for every key it read as soon as anyone
-//! changes, expires or flushes it.
-//!
-//! Why a value read from Redis is never kept after its invalidation: every
-//! invalidation (and every lost connection) advances a generation, and a
-//! value is stored only if the generation did not move while it was read.
-//! An invalidation handled after that check removes the value it finds
-//! (both under one lock). Invalidations are handled by the connection's
-//! reader itself, before it hands over any later reply: once a `PING` sent
-//! after a write is answered, the copy has dropped what that write replaced
-//! (`sync`).
-//!
-//! A lost connection empties the copy; the next read opens a new one. An
-//! entry is also asked again after `MAX_AGE`, which bounds how long a silent
-//! network cut (no invalidation, no closed socket) can keep it behind.
+//! coherent by Redis's server-assisted client-side caching: one RESP3
+//! connection with key tracking on, on which Redis pushes an invalidation
+//! for every key read as soon as anyone changes it. A value is kept only if
+//! no invalidation or lost connection came while it was read.
 
 use std::{
     num::NonZeroUsize,
@@ -32,17 +19,17 @@ use redis::{
     AsyncConnectionConfig, PushInfo, PushKind, Value,
 };
 
-use crate::{cache::Cached, metrics};
+use crate::metrics;
 
 /// The longest an entry is served without asking Redis again.
-pub const MAX_AGE: Duration = Duration::from_secs(30);
+const MAX_AGE: Duration = Duration::from_secs(30);
 /// How long after a failed connect reads fail without trying again.
 const RECONNECT_COOLDOWN: Duration = Duration::from_secs(1);
 
-pub struct LocalCopy {
+pub struct LocalCopy<T> {
     client: redis::Client,
     timeout: Duration,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
     /// The tracking connection, with the count of lost connections when it
     /// opened: it is lost too once that count moved.
     connection: tokio::sync::Mutex<Option<(MultiplexedConnection, u64)>>,
@@ -51,8 +38,8 @@ pub struct LocalCopy {
     failed_at: Mutex<Option<Instant>>,
 }
 
-struct Shared {
-    entries: Mutex<LruCache<Vec<u8>, (Cached, Instant)>>,
+struct Shared<T> {
+    entries: Mutex<LruCache<Vec<u8>, (T, Instant)>>,
     /// Advanced by every invalidation and every lost connection.
     generation: AtomicU64,
     /// Advanced by every lost connection: the current one is dead.
@@ -61,8 +48,8 @@ struct Shared {
     invalidations: ::metrics::Counter,
 }
 
-impl Shared {
-    fn entries(&self) -> MutexGuard<'_, LruCache<Vec<u8>, (Cached, Instant)>> {
+impl<T> Shared<T> {
+    fn entries(&self) -> MutexGuard<'_, LruCache<Vec<u8>, (T, Instant)>> {
         self.entries.lock().expect("never poisoned")
     }
 
@@ -105,7 +92,7 @@ impl Shared {
     }
 }
 
-impl LocalCopy {
+impl<T: Clone + Send + 'static> LocalCopy<T> {
     /// A copy of up to `entries` keys, read through a connection of its own
     /// to `client`'s server (opened on the first read), each command
     /// bounded by `timeout`.
@@ -138,8 +125,8 @@ impl LocalCopy {
         &self,
         key: &str,
         read: &redis::Cmd,
-        parse: impl FnOnce(Value) -> redis::RedisResult<Option<Cached>>,
-    ) -> redis::RedisResult<Option<Cached>> {
+        parse: impl FnOnce(Value) -> redis::RedisResult<Option<T>>,
+    ) -> redis::RedisResult<Option<T>> {
         {
             let mut entries = self.shared.entries();
             match entries.get(key.as_bytes()) {

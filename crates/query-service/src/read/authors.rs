@@ -6,9 +6,8 @@ use platform::{http::PathParam, problem::ProblemKind, ApiError, Problem};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    routes::store_error,
+    read_model::{AuthorSummaries, AuthorSummary},
     state::AppState,
-    summary::{AuthorSummaries, AuthorSummary},
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -21,7 +20,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     get,
     path = "/authors/{author}",
     tag = "authors",
-    params(("author" = String, Path, description = "The author's name, URL-encoded, in any case", min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$", example = "Ursula%20K.%20Le%20Guin")),
+    params(("author" = domain::Author, Path, description = "The author's name, URL-encoded, in any case", example = "Ursula%20K.%20Le%20Guin")),
     responses(
         (status = 200, description = "The author's summary", body = AuthorSummary),
         (status = 400, description = "The name is empty, too long or holds a control character", body = Problem, content_type = "application/problem+json"),
@@ -37,7 +36,7 @@ async fn get_author(
 ) -> Result<Json<AuthorSummary>, ApiError> {
     let author = Author::parse(&author)
         .map_err(|e| Problem::invalid_parameter("author", e.rule.as_str(), e.message))?;
-    match summaries.get(&author.key()).await.map_err(store_error)? {
+    match summaries.get(&author.key()).await? {
         Some(summary) => Ok(Json(summary)),
         None => Err(Problem::new(
             ProblemKind::NotFound,

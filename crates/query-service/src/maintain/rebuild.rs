@@ -1,10 +1,8 @@
-//! Rebuilding the read model from scratch while it keeps being served: a
-//! new generation of collections is filled from the write model, caught
-//! up, given its author summaries and indexes, and only then made active
-//! (see `generation`). The replicas follow the switch within their refresh
-//! interval; a last reconciliation after that re-emits whatever they still
-//! applied to the old generation meanwhile. The old collections stay until
-//! an operator drops them, so a switch back is one pointer update.
+//! Rebuilding the read model while it keeps being served: a new generation
+//! of collections is filled from the write model, caught up, given its
+//! summaries and indexes, then made active; a last reconciliation repairs
+//! what replicas still applied to the old one. The old collections stay,
+//! so switching back is one pointer update.
 
 use std::time::Duration;
 
@@ -13,12 +11,8 @@ use mongodb::{Collection, Database};
 use platform::document::BookDocument;
 use serde::Serialize;
 
-use crate::{
-    generation::{ActiveGeneration, Collections},
-    projection::ReadModel,
-    reconcile::{reconcile, Repair, Report},
-    summary::AuthorSummaries,
-};
+use super::reconcile::{reconcile, Repair, Report};
+use crate::read_model::{ActiveGeneration, AuthorSummaries, Books, Collections};
 
 /// Catch-up walks before switching, each repairing what changed during the
 /// one before; the switch happens after the first that repairs nothing, or
@@ -62,12 +56,12 @@ impl Rebuild {
         let previous = ActiveGeneration::named(&self.db).await?;
         let generation = Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
         let target = ActiveGeneration::fixed(&self.db, &generation);
-        let read_model = ReadModel::on(target.clone());
+        let read_model = Books::on(target.clone());
         let summaries = AuthorSummaries::on(target);
         read_model.ensure_indexes().await?;
         tracing::info!(%generation, %previous, "rebuilding the read model");
 
-        let apply = Repair::Apply(read_model.clone());
+        let apply = Repair::Write(read_model.clone());
         let filled = reconcile(&self.write_books, &read_model, &apply).await?;
         tracing::info!(?filled, "new generation filled");
         let mut catch_up = Vec::new();

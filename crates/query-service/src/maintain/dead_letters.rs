@@ -1,7 +1,6 @@
 //! The dead-letter stream, for operators: what is there and why, and a
-//! re-drive that appends entries to the event stream again, as the relay
-//! would, once their cause is fixed. `query-service dead-letters` and
-//! `query-service redrive [ID...]` run these.
+//! re-drive that appends entries to the event stream again once their
+//! cause is fixed (`query-service dead-letters`, `query-service redrive`).
 
 use std::collections::BTreeMap;
 
