@@ -29,11 +29,6 @@ impl Backoff {
         }
     }
 
-    /// Failures since the last `reset`.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// The wait before the next try: `base * 2^failures`, capped at `max`.
     pub fn next_delay(&mut self) -> Duration {
         let wait = self.ceiling();

@@ -115,7 +115,7 @@ where
 }
 
 /// Reads decoded query parameters into a `T`; see [`QueryParams`].
-pub fn parse_query_pairs<T: DeserializeOwned>(pairs: Vec<(String, String)>) -> Result<T, Problem> {
+fn parse_query_pairs<T: DeserializeOwned>(pairs: Vec<(String, String)>) -> Result<T, Problem> {
     let deserializer = serde::de::value::MapDeserializer::new(
         pairs
             .into_iter()
@@ -248,7 +248,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// Parses `bytes` as a JSON object into a `T`, turning serde's error into a
 /// problem that names the offending field. Bodies must be objects: serde
 /// would otherwise also read a struct from an array of its field values.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     // A body that is not JSON at all is a 400 whatever else is wrong with it.
     let malformed = |bytes: &[u8]| {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes)

@@ -204,7 +204,7 @@ impl Problem {
     }
 
     /// Adds a field that broke a rule.
-    pub fn push_error(&mut self, error: FieldProblem) {
+    fn push_error(&mut self, error: FieldProblem) {
         self.errors.push(error);
     }
 

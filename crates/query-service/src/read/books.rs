@@ -12,6 +12,7 @@ use axum::{
 };
 use domain::{Book, BookId};
 use platform::{
+    backoff::Backoff,
     http::{etag, PathParam, QueryParams},
     problem::{parse_book_id, ProblemKind},
     ApiError, Problem,
@@ -30,10 +31,8 @@ use crate::{
 };
 
 /// How soon a read waiting for a version looks again, besides after each
-/// batch of the local consumer: another replica may apply the event. The
-/// wait doubles after each such look, up to `RECHECK_AT_MOST`.
-const RECHECK_EVERY: Duration = Duration::from_millis(25);
-const RECHECK_AT_MOST: Duration = Duration::from_millis(200);
+/// batch of the local consumer: another replica may apply the event.
+const RECHECK: Backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(200));
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -242,13 +241,11 @@ async fn get_book(
 /// The book once it is at version `min` or later (or deleted at such a
 /// version); a 503 not-caught-up problem after `timeout`.
 ///
-/// The first look reads the cache, then the read model. Later looks, after
-/// each batch of the local consumer and on a timer backing off from
-/// `RECHECK_EVERY` to `RECHECK_AT_MOST` (another replica may apply the
-/// event), read the cache alone: a consumer writes it before acknowledging,
-/// so many readers waiting on a consumer that is behind cost Redis reads,
-/// not MongoDB reads the consumer needs. A last look at the deadline reads
-/// the read model again, for an entry Redis evicted.
+/// The first and the last look read the cache, then the read model; the
+/// looks between, after each local batch and on a backing-off timer, read
+/// the cache alone, which consumers write before acknowledging: readers
+/// waiting on a consumer that is behind cost Redis reads, not the MongoDB
+/// reads the consumer needs.
 async fn wait_for_version(
     lookup: &BookLookup,
     id: &BookId,
@@ -262,7 +259,8 @@ async fn wait_for_version(
     // the wait below at once.
     batches.borrow_and_update();
     let mut entry = lookup.latest(id).await?;
-    let mut recheck = RECHECK_EVERY;
+    let mut recheck = RECHECK;
+    let mut next_look = recheck.next_delay();
     while !caught_up(&entry) {
         if tokio::time::Instant::now() >= deadline {
             entry = lookup.latest(id).await?;
@@ -290,7 +288,7 @@ async fn wait_for_version(
         };
         tokio::select! {
             () = batch_done => {}
-            () = tokio::time::sleep(recheck) => recheck = (recheck * 2).min(RECHECK_AT_MOST),
+            () = tokio::time::sleep(next_look) => next_look = recheck.next_delay(),
             () = tokio::time::sleep_until(deadline) => continue,
         }
         batches.borrow_and_update();
