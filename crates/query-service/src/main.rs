@@ -10,7 +10,6 @@
 //! - `query-service rebuild` rebuilds the read model into a new generation
 //!   of collections and switches the running replicas to it.
 
-use platform::document::BookDocument;
 use query_service::{
     config::Settings,
     maintain::{
@@ -20,7 +19,7 @@ use query_service::{
     },
     read,
     read_model::{ActiveGeneration, Books},
-    startup::{self, Application},
+    startup::{Application, Servers},
 };
 
 /// mimalloc rather than glibc's malloc: less CPU per request, and memory
@@ -31,7 +30,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("openapi") {
+    let command = args.first().map(String::as_str);
+    if command == Some("openapi") {
         println!("{}", read::openapi().to_pretty_json()?);
         return Ok(());
     }
@@ -39,87 +39,55 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     platform::telemetry::init("query-service");
     let settings = Settings::from_env()?;
-    match args.first().map(String::as_str) {
-        None => {
-            tracing::info!(?settings, "starting query-service");
-            Application::build(settings)
-                .await?
-                .run_until_stopped()
-                .await
-        }
-        Some("dead-letters") => {
-            for letter in dead_letters(&settings)?.list().await? {
+    let Some(command) = command else {
+        tracing::info!(?settings, "starting query-service");
+        return Application::build(settings)
+            .await?
+            .run_until_stopped()
+            .await;
+    };
+    let servers = Servers::open(&settings).await?;
+    // Repairs go through the event stream, to every replica.
+    let emit = Repair::Emit {
+        redis: servers.redis.clone(),
+        stream: settings.stream.clone(),
+        settle: SETTLE,
+    };
+    let dead_letters = DeadLetters {
+        redis: servers.redis,
+        stream: settings.stream.clone(),
+        dead_letter_stream: settings.dead_letter_stream.clone(),
+    };
+    match command {
+        "dead-letters" => {
+            for letter in dead_letters.list().await? {
                 println!("{}", serde_json::to_string(&letter)?);
             }
-            Ok(())
         }
-        Some("redrive") => {
-            let count = dead_letters(&settings)?.redrive(&args[1..]).await?;
+        "redrive" => {
+            let count = dead_letters.redrive(&args[1..]).await?;
             println!("re-drove {count} dead letter(s) to {}", settings.stream);
-            Ok(())
         }
-        Some("reconcile") => {
-            let models = Models::connect(&settings).await?;
-            let named = ActiveGeneration::named(&models.read_db).await?;
-            let read_model = Books::on(ActiveGeneration::fixed(&models.read_db, &named));
-            let report = reconcile(&models.write_books, &read_model, &models.emit).await?;
+        "reconcile" => {
+            let named = ActiveGeneration::named(&servers.read_db).await?;
+            let books = Books::on(ActiveGeneration::fixed(&servers.read_db, &named));
+            let report = reconcile(&servers.write_books, &books, &emit).await?;
             println!("{}", serde_json::to_string(&report)?);
-            Ok(())
         }
-        Some("rebuild") => {
-            let models = Models::connect(&settings).await?;
+        "rebuild" => {
             let report = Rebuild {
-                db: models.read_db,
-                write_books: models.write_books,
-                after_switch: models.emit,
+                db: servers.read_db,
+                write_books: servers.write_books,
+                after_switch: emit,
                 refresh: settings.generation_refresh,
             }
             .run()
             .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
         }
-        Some(other) => anyhow::bail!(
+        other => anyhow::bail!(
             "unknown command {other:?}; expected none, `openapi`, `dead-letters`, `redrive [ID...]`, `reconcile` or `rebuild`"
         ),
     }
-}
-
-/// What the maintenance commands work on.
-struct Models {
-    read_db: mongodb::Database,
-    write_books: mongodb::Collection<BookDocument>,
-    /// Repairs go through the event stream, to every replica.
-    emit: Repair,
-}
-
-impl Models {
-    async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        let client = platform::connect::mongo_client(
-            &settings.mongo_url,
-            "query-service",
-            settings.dependency_timeout,
-            settings.mongo_command_metrics,
-        )
-        .await?;
-        let redis = platform::connect::redis_client(&settings.redis_url)?;
-        Ok(Self {
-            read_db: client.database(&settings.database),
-            write_books: startup::write_books(settings, &client).await?,
-            emit: Repair::Emit {
-                redis: platform::connect::redis_manager(&redis, settings.dependency_timeout)?,
-                stream: settings.stream.clone(),
-                settle: SETTLE,
-            },
-        })
-    }
-}
-
-fn dead_letters(settings: &Settings) -> anyhow::Result<DeadLetters> {
-    let client = platform::connect::redis_client(&settings.redis_url)?;
-    Ok(DeadLetters {
-        redis: platform::connect::redis_manager(&client, settings.dependency_timeout)?,
-        stream: settings.stream.clone(),
-        dead_letter_stream: settings.dead_letter_stream.clone(),
-    })
+    Ok(())
 }

@@ -42,21 +42,15 @@ impl Application {
     /// reconnect by themselves) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::metrics::install();
-        let client = platform::connect::mongo_client(
-            &settings.mongo_url,
-            "query-service",
-            settings.dependency_timeout,
-            settings.mongo_command_metrics,
-        )
-        .await?;
-        let database = client.database(&settings.database);
-        let generation = ActiveGeneration::new(&database);
+        let Servers {
+            read_db,
+            write_books,
+            redis_client,
+            redis,
+        } = Servers::open(&settings).await?;
+        let generation = ActiveGeneration::new(&read_db);
         let books = Books::on(generation.clone());
         let summaries = AuthorSummaries::on(generation.clone());
-        let write_books = write_books(&settings, &client).await?;
-
-        let redis_client = platform::connect::redis_client(&settings.redis_url)?;
-        let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
         let mut cache = BookCache::new(
             redis.clone(),
             settings.cache_prefix.clone(),
@@ -129,7 +123,7 @@ impl Application {
                 consumer: consumer_status.clone(),
             }),
             dependencies: Dependencies {
-                mongo: database,
+                mongo: read_db,
                 redis,
                 workers: vec![("consumer", consumer_status)],
                 stopping: stop.token.clone(),
@@ -204,26 +198,43 @@ impl Application {
     }
 }
 
-/// The write model's books, through the query service's own client when
-/// both models live on the same server.
-pub async fn write_books(
-    settings: &Settings,
-    read_client: &mongodb::Client,
-) -> anyhow::Result<mongodb::Collection<BookDocument>> {
-    let client = if settings.write_mongo_url.expose() == settings.mongo_url.expose() {
-        read_client.clone()
-    } else {
-        platform::connect::mongo_client(
-            &settings.write_mongo_url,
-            "query-service",
-            settings.dependency_timeout,
-            settings.mongo_command_metrics,
-        )
-        .await?
-    };
-    Ok(client
-        .database(&settings.write_database)
-        .collection("books"))
+/// The handles on the servers; they connect lazily and reconnect by
+/// themselves.
+pub struct Servers {
+    pub read_db: mongodb::Database,
+    /// The write model's books, which reconciliation reads.
+    pub write_books: mongodb::Collection<BookDocument>,
+    pub redis_client: redis::Client,
+    pub redis: redis::aio::ConnectionManager,
+}
+
+impl Servers {
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let mongo = |url| {
+            platform::connect::mongo_client(
+                url,
+                "query-service",
+                settings.dependency_timeout,
+                settings.mongo_command_metrics,
+            )
+        };
+        let read_client = mongo(&settings.mongo_url).await?;
+        // One client when both models live on the same server.
+        let write_client = if settings.write_mongo_url.expose() == settings.mongo_url.expose() {
+            read_client.clone()
+        } else {
+            mongo(&settings.write_mongo_url).await?
+        };
+        let redis_client = platform::connect::redis_client(&settings.redis_url)?;
+        Ok(Self {
+            read_db: read_client.database(&settings.database),
+            write_books: write_client
+                .database(&settings.write_database)
+                .collection("books"),
+            redis: platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?,
+            redis_client,
+        })
+    }
 }
 
 /// Reads the pointer to the active generation every `refresh` until
