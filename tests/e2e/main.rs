@@ -11,3 +11,4 @@ mod helpers;
 mod idempotence;
 mod round_trip;
 mod tracing;
+mod unicode;

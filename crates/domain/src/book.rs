@@ -2,24 +2,31 @@
 //! valid ("parse, don't validate"): once a handler holds a `BookDraft`, every
 //! rule below has been checked.
 
+use caseless::Caseless;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::error::{FieldError, Rule, ValidationErrors};
 
-/// Checks a free-text field: trimmed, non-empty, at most `max` characters
-/// (Unicode scalar values), no control characters.
+/// Reads a free-text field into its one stored form: Unicode NFC, trimmed,
+/// inner runs of white space collapsed to one space, at most `max`
+/// characters (Unicode scalar values, counted on that form). Refuses a value
+/// with no visible character (`required` when blank, `invisible` when made
+/// only of format, control or white-space characters) and one that mixes
+/// control characters into visible ones.
 fn parse_text(field: &'static str, raw: &str, max: usize) -> Result<String, FieldError> {
-    let trimmed = raw.trim();
+    let normalized: String = raw.nfc().collect();
+    let trimmed = normalized.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new(field, Rule::Required, "must not be empty"));
     }
-    let len = trimmed.chars().count();
-    if len > max {
+    if trimmed.chars().all(is_invisible) {
         return Err(FieldError::new(
             field,
-            Rule::TooLong,
-            format!("must be at most {max} characters, got {len}"),
+            Rule::Invisible,
+            "must have a visible character, not only format, control or white-space characters",
         ));
     }
     if trimmed.chars().any(char::is_control) {
@@ -29,7 +36,34 @@ fn parse_text(field: &'static str, raw: &str, max: usize) -> Result<String, Fiel
             "must not contain control characters",
         ));
     }
-    Ok(trimmed.to_owned())
+    let collapsed = collapse_whitespace(trimmed);
+    let len = collapsed.chars().count();
+    if len > max {
+        return Err(FieldError::new(
+            field,
+            Rule::TooLong,
+            format!("must be at most {max} characters, got {len}"),
+        ));
+    }
+    Ok(collapsed)
+}
+
+/// Whether `c` shows nothing on its own: white space, a control character
+/// or a format character (category Cf: zero-width space, BOM, bidi marks...).
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || c.general_category() == GeneralCategory::Format
+}
+
+/// `text` (already trimmed) with each run of white space made one space.
+fn collapse_whitespace(text: &str) -> String {
+    let mut collapsed = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !collapsed.is_empty() {
+            collapsed.push(' ');
+        }
+        collapsed.push_str(word);
+    }
+    collapsed
 }
 
 macro_rules! text_type {
@@ -37,7 +71,11 @@ macro_rules! text_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        // The same rule as `parse_text`: not blank, no control characters.
+        // An approximation of `parse_text` that every stored value matches:
+        // no control character, and one that is neither white space nor a
+        // control character. It lets through values made only of format
+        // characters (U+200B...), which `parse_text` refuses: ECMAScript
+        // patterns name no general category without the `u` flag.
         #[schema(
             pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
             $($schema)*
@@ -79,7 +117,9 @@ macro_rules! text_type {
 }
 
 text_type!(
-    /// A book's title: 1 to 200 characters once trimmed, no control characters.
+    /// A book's title: 1 to 200 characters once trimmed and normalized (NFC,
+    /// inner white space collapsed), at least one visible, no control
+    /// characters.
     schema(value_type = String, min_length = 1, max_length = 200, example = "Dune")
     Title,
     "title",
@@ -87,7 +127,9 @@ text_type!(
 );
 
 text_type!(
-    /// A book's author: 1 to 100 characters once trimmed, no control characters.
+    /// A book's author: 1 to 100 characters once trimmed and normalized (NFC,
+    /// inner white space collapsed), at least one visible, no control
+    /// characters.
     schema(value_type = String, min_length = 1, max_length = 100, example = "Frank Herbert")
     Author,
     "author",
@@ -95,10 +137,12 @@ text_type!(
 );
 
 impl Author {
-    /// The form under which an author is looked up and grouped: lower case,
-    /// so `Ursula K. Le Guin` and `ursula k. le guin` are one author.
+    /// The form under which an author is looked up and grouped: full
+    /// Unicode case folding of the canonical decomposition, then NFC again
+    /// (canonical caseless matching), so `Ursula K. Le Guin` and
+    /// `ursula k. le guin`, or `Strauß` and `STRAUSS`, are one author.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        self.0.nfd().default_case_fold().nfc().collect()
     }
 }
 
@@ -411,6 +455,85 @@ mod tests {
             rule_of(Author::parse("a\u{7f}b")),
             ("author", Rule::ControlCharacter)
         );
+    }
+
+    #[test]
+    fn composed_and_decomposed_letters_are_stored_alike() {
+        let composed = Author::parse("\u{c9}mile Zola").unwrap();
+        let decomposed = Author::parse("E\u{301}mile Zola").unwrap();
+        assert_eq!(composed.as_str(), "\u{c9}mile Zola");
+        assert_eq!(decomposed, composed);
+        assert_eq!(decomposed.key(), composed.key());
+        assert_eq!(
+            Title::parse("Ame\u{301}lie").unwrap().as_str(),
+            "Am\u{e9}lie"
+        );
+    }
+
+    #[test]
+    fn inner_white_space_is_collapsed_to_one_space() {
+        assert_eq!(
+            Title::parse("  Dune \u{a0}\u{2003}  Messiah ")
+                .unwrap()
+                .as_str(),
+            "Dune Messiah"
+        );
+        assert_eq!(
+            Author::parse("\u{c9}MILE  ZOLA").unwrap().as_str(),
+            "\u{c9}MILE ZOLA"
+        );
+    }
+
+    #[test]
+    fn length_is_counted_once_white_space_is_collapsed() {
+        let spaced = format!("a{}b", " ".repeat(300));
+        assert_eq!(Title::parse(&spaced).unwrap().as_str(), "a b");
+    }
+
+    #[test]
+    fn author_key_folds_case_and_spacing() {
+        let key = |raw: &str| Author::parse(raw).unwrap().key();
+        assert_eq!(key("\u{c9}MILE  ZOLA"), key("\u{c9}mile Zola"));
+        assert_eq!(key("\u{c9}mile Zola"), "\u{e9}mile zola");
+    }
+
+    #[test]
+    fn author_key_uses_full_unicode_case_folding() {
+        let key = |raw: &str| Author::parse(raw).unwrap().key();
+        assert_eq!(key("Stra\u{df}e"), key("STRASSE"));
+        assert_eq!(key("\u{3a3}\u{391}\u{3a3}"), key("\u{3c3}\u{3b1}\u{3c2}"));
+        // Canonical caseless: U+1FB3 (alpha with ypogegrammeni) folds to
+        // alpha iota, as its decomposition does.
+        assert_eq!(key("\u{1fb3}"), key("\u{391}\u{399}"));
+    }
+
+    #[test]
+    fn a_value_with_no_visible_character_is_invisible() {
+        for raw in [
+            "\u{200b}",
+            "\u{feff}",
+            " \u{200b}\u{200d} \u{2060} ",
+            "\u{0}",
+            "\u{200b}\n\u{200b}",
+        ] {
+            assert_eq!(
+                rule_of(Title::parse(raw)),
+                ("title", Rule::Invisible),
+                "{raw:?}"
+            );
+            assert_eq!(
+                rule_of(Author::parse(raw)),
+                ("author", Rule::Invisible),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_characters_among_visible_ones_are_kept() {
+        // A zero-width joiner holds an emoji sequence together.
+        let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}";
+        assert_eq!(Title::parse(family).unwrap().as_str(), family);
     }
 
     #[test]

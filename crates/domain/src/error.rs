@@ -11,8 +11,12 @@ pub enum Rule {
     Required,
     /// Longer than the maximum number of characters.
     TooLong,
-    /// Holds a control character (newline, tab, NUL...).
+    /// Holds a control character (newline, tab, NUL...) among visible ones.
     ControlCharacter,
+    /// Not blank, but with no visible character: only format characters
+    /// (zero-width space U+200B, BOM U+FEFF...), control characters and
+    /// white space.
+    Invisible,
     /// A number outside the allowed range.
     OutOfRange,
     /// Not in the expected format (e.g. not a 24-hex-digit id).
@@ -25,6 +29,7 @@ impl Rule {
             Rule::Required => "required",
             Rule::TooLong => "tooLong",
             Rule::ControlCharacter => "controlCharacter",
+            Rule::Invisible => "invisible",
             Rule::OutOfRange => "outOfRange",
             Rule::Format => "format",
         }

@@ -1,17 +1,45 @@
 //! Properties of parsing and event decoding over arbitrary input: nothing
-//! panics, whatever parses is valid and parses again to itself, and every
-//! valid book's events survive their JSON.
+//! panics, whatever parses is valid and parses again to itself, canonically
+//! equivalent texts are one text, and every valid book's events survive
+//! their JSON.
 
 use chrono::{DateTime, TimeZone, Utc};
 use domain::{Author, Book, BookDraft, BookEvent, BookId, PublishedYear, Title};
 use proptest::prelude::*;
+use unicode_normalization::{is_nfc, UnicodeNormalization};
 
-/// Checks what `Title::parse` or `Author::parse` accepted.
-fn assert_valid_text(parsed: &str, raw: &str, max: usize) {
-    assert_eq!(parsed, raw.trim());
+/// Checks what `Title::parse` or `Author::parse` accepted: NFC, trimmed,
+/// white space only as single spaces, within length, no control character.
+fn assert_valid_text(parsed: &str, max: usize) {
+    assert!(is_nfc(parsed), "{parsed:?} is not NFC");
+    assert_eq!(parsed, parsed.trim());
+    assert!(!parsed.contains("  "), "{parsed:?}");
+    assert!(
+        parsed.chars().all(|c| c == ' ' || !c.is_whitespace()),
+        "{parsed:?}"
+    );
     let len = parsed.chars().count();
     assert!((1..=max).contains(&len), "{len} characters");
     assert!(!parsed.chars().any(char::is_control));
+}
+
+/// Characters where normalization, case folding and white space have
+/// corner cases, mixed with any character at all.
+fn tricky_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            'a', 'E', 'z', ' ', '\u{a0}', '\u{2000}', '\u{2001}', '\u{3000}', '\t', '\n',
+            '\u{0}', '\u{200b}', '\u{200d}', '\u{feff}', '\u{301}', '\u{308}', '\u{327}',
+            '\u{345}', '\u{c9}', '\u{e9}', '\u{df}', '\u{1e9e}', '\u{3a3}', '\u{3c2}',
+            '\u{3c3}', '\u{1fb3}', '\u{212b}', '\u{2126}', '\u{130}', '\u{131}', '\u{1100}',
+            '\u{1161}', '\u{11a8}', '\u{ac00}', '\u{fb01}', '\u{1f468}',
+        ]),
+        1 => any::<char>(),
+    ]
+}
+
+fn tricky_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(tricky_char(), 0..24).prop_map(String::from_iter)
 }
 
 fn timestamp() -> impl Strategy<Value = DateTime<Utc>> {
@@ -39,7 +67,7 @@ proptest! {
     #[test]
     fn a_title_is_accepted_only_when_valid(raw in any::<String>()) {
         if let Ok(title) = Title::parse(&raw) {
-            assert_valid_text(title.as_str(), &raw, Title::MAX_CHARS);
+            assert_valid_text(title.as_str(), Title::MAX_CHARS);
             prop_assert_eq!(Title::parse(title.as_str()), Ok(title.clone()));
         }
     }
@@ -47,8 +75,44 @@ proptest! {
     #[test]
     fn an_author_is_accepted_only_when_valid(raw in any::<String>()) {
         if let Ok(author) = Author::parse(&raw) {
-            assert_valid_text(author.as_str(), &raw, Author::MAX_CHARS);
-            prop_assert_eq!(author.key(), author.as_str().to_lowercase());
+            assert_valid_text(author.as_str(), Author::MAX_CHARS);
+            prop_assert!(is_nfc(&author.key()));
+        }
+    }
+
+    #[test]
+    fn normalizing_is_idempotent(raw in tricky_text()) {
+        if let Ok(title) = Title::parse(&raw) {
+            prop_assert_eq!(Title::parse(title.as_str()), Ok(title.clone()));
+        }
+        if let Ok(author) = Author::parse(&raw) {
+            let again = Author::parse(author.as_str()).unwrap();
+            prop_assert_eq!(again.key(), author.key());
+            prop_assert_eq!(again, author);
+        }
+    }
+
+    #[test]
+    fn canonically_equivalent_inputs_are_stored_and_keyed_alike(raw in tricky_text()) {
+        for equivalent in [raw.nfd().collect::<String>(), raw.nfc().collect()] {
+            prop_assert_eq!(Title::parse(&equivalent), Title::parse(&raw));
+            let (author, other) = (Author::parse(&raw), Author::parse(&equivalent));
+            prop_assert_eq!(&other, &author);
+            if let (Ok(author), Ok(other)) = (author, other) {
+                prop_assert_eq!(other.key(), author.key());
+            }
+        }
+    }
+
+    #[test]
+    fn an_author_key_is_its_own_key(raw in tricky_text()) {
+        // Folding is stable: a key computed again from a key (reconcile,
+        // rebuild) never drifts.
+        if let Ok(author) = Author::parse(&raw) {
+            let key = author.key();
+            if let Ok(keyed) = Author::parse(&key) {
+                prop_assert_eq!(keyed.key(), key);
+            }
         }
     }
 
