@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod mongo;
 pub mod openapi;

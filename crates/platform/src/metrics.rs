@@ -34,6 +34,7 @@ pub const PATH: &str = "/metrics";
 const REQUESTS: &str = "books_http_requests_total";
 const REQUEST_DURATION: &str = "books_http_request_duration_seconds";
 const MONGODB_COMMANDS: &str = "books_mongodb_commands_total";
+const SHED: &str = "books_http_requests_shed_total";
 /// The `route` of a request that matched no route (a 404), so that
 /// made-up paths cannot each become a series.
 const UNMATCHED: &str = "unmatched";
@@ -67,6 +68,10 @@ pub fn recorder() -> &'static PrometheusHandle {
         metrics::describe_histogram!(
             REQUEST_DURATION,
             "Time to answer an HTTP request, by method, route template and status"
+        );
+        metrics::describe_counter!(
+            SHED,
+            "HTTP requests answered 503 at once because the service was handling as many as MAX_CONCURRENT_REQUESTS allows"
         );
         metrics::describe_counter!(
             MONGODB_COMMANDS,
@@ -108,6 +113,11 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(REQUEST_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request was shed: answered 503 at once under overload.
+pub(crate) fn request_shed() {
+    metrics::counter!(SHED).increment(1);
 }
 
 /// The driver started a command named `command`: one increment, and the

@@ -2,24 +2,28 @@
 //! as it: both stop on SIGINT/SIGTERM or when the shutdown token is
 //! cancelled. The server stops accepting, lets in-flight requests and the
 //! background work finish, and returns once they have, or once the grace
-//! period is over, whichever comes first.
+//! period is over, whichever comes first. Each connection is held to the
+//! server's `ClientLimits`.
 
-use std::{
-    future::{Future, IntoFuture},
-    net::SocketAddr,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, sync::OnceLock, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
-use tokio::net::TcpListener;
+use axum::{body::Body, Router};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+
+use crate::limits::{self, ClientLimits, Clocked, ConnectionClock};
 
 pub struct HttpServer {
     listener: TcpListener,
     router: Router,
     stop: Stop,
+    limits: ClientLimits,
 }
 
 /// How a server stops.
@@ -45,7 +49,13 @@ impl HttpServer {
             listener,
             router,
             stop,
+            limits: ClientLimits::default(),
         })
+    }
+
+    /// Holds clients to `limits` rather than the defaults.
+    pub fn with_limits(self, limits: ClientLimits) -> Self {
+        Self { limits, ..self }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -80,6 +90,7 @@ impl HttpServer {
                     drain,
                     grace,
                 },
+            limits,
         } = self;
         tracing::info!(address = %listener.local_addr()?, "{name} listening");
         let shutdown = CancellationToken::new();
@@ -104,9 +115,7 @@ impl HttpServer {
         tasks.spawn(crate::metrics::upkeep(shutdown.clone()));
         tasks.close();
 
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let served = serve(listener, router, limits, shutdown.clone());
         // The grace period starts when the drain ends.
         let stop_asked = OnceLock::new();
         let grace_over = async {
@@ -115,7 +124,7 @@ impl HttpServer {
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
-            served = served => served.context("HTTP server failed"),
+            () = served => Ok(()),
             () = grace_over => {
                 tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
                 Ok(())
@@ -137,4 +146,71 @@ impl HttpServer {
         }
         served
     }
+}
+
+/// Accepts connections until `shutdown`, each held to `limits`, then lets
+/// the requests in flight finish.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ClientLimits,
+    shutdown: CancellationToken,
+) {
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            limits.body_read,
+            limits::body_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(limits.max_in_flight)),
+            limits::shed_load,
+        ));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The connection's clock bounds request heads; hyper's own timer would
+    // also run while a kept-alive connection waits, as a second idle limit.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    let connections = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let clock = ConnectionClock::new(limits);
+        let io = TokioIo::new(Clocked::new(stream, clock.clone()));
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let in_flight = clock.request();
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request.map(Body::new)).await;
+                    drop(in_flight);
+                    response
+                }
+            });
+        let connection = connections.watch(
+            builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
 }

@@ -2,10 +2,14 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use platform::{env, RedactedUrl};
+use platform::{env, limits::ClientLimits, RedactedUrl};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// What a client may hold of the server (`HTTP_HEADER_READ_TIMEOUT_MS`,
+    /// `HTTP_BODY_READ_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`,
+    /// `MAX_CONCURRENT_REQUESTS`).
+    pub client_limits: ClientLimits,
     /// Address to listen on (`HOST`, default 0.0.0.0).
     pub host: IpAddr,
     /// Port to listen on (`PORT`, default 5001; 0 picks a free port).
@@ -88,6 +92,7 @@ impl Settings {
         let stream = env::string("EVENTS_STREAM", "books:events");
         let mongo_url = env::string("MONGO_URL", "mongodb://127.0.0.1:27017");
         Ok(Self {
+            client_limits: ClientLimits::from_env()?,
             host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env::parse("PORT", 5001)?,
             write_mongo_url: RedactedUrl::new(env::string("WRITE_MONGO_URL", &mongo_url)),

@@ -136,8 +136,9 @@ impl Application {
             BODY_LIMIT,
             settings.read_your_writes_timeout + settings.dependency_timeout * 3,
         );
-        let server =
-            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
+        let server = HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop)
+            .await?
+            .with_limits(settings.client_limits);
         Ok(Self {
             server,
             consumer,

@@ -35,6 +35,7 @@ pub(crate) async fn test_settings() -> Settings {
     let servers = test_support::servers().await;
     let stream = unique("events");
     Settings {
+        client_limits: platform::limits::ClientLimits::default(),
         host: [127, 0, 0, 1].into(),
         port: 0,
         mongo_url: RedactedUrl::new(servers.mongo_url.clone()),

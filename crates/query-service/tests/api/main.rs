@@ -6,6 +6,7 @@ mod cache;
 mod consumer;
 mod health;
 mod helpers;
+mod limits;
 mod list;
 mod metrics;
 mod openapi;
