@@ -10,5 +10,6 @@ mod delivery;
 mod helpers;
 mod idempotence;
 mod round_trip;
+mod short_errors;
 mod tracing;
 mod unicode;

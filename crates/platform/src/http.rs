@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State},
+    extract::{
+        path::ErrorKind, rejection::PathRejection, DefaultBodyLimit, FromRequest, FromRequestParts,
+        Path, Query, Request, State,
+    },
     http::{header, request::Parts, HeaderMap, HeaderName, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -22,7 +25,7 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
-    problem::{FieldProblem, Problem, ProblemKind},
+    problem::{shorten, FieldProblem, Problem, ProblemKind},
     trace::TraceContext,
 };
 
@@ -66,7 +69,8 @@ where
 }
 
 /// A path parameter. Unlike `axum::extract::Path`, a value that cannot be
-/// read (not UTF-8, wrong type) is answered with a 400 problem+json.
+/// read (not UTF-8, wrong type) is answered with a 400 problem+json naming
+/// the parameter and what it must be, without echoing the value.
 pub struct PathParam<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for PathParam<T>
@@ -79,11 +83,42 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(Problem::new(
-                ProblemKind::InvalidParameter,
-                rejection.body_text(),
-            )),
+            Err(rejection) => Err(path_problem(rejection)),
         }
+    }
+}
+
+/// axum's path rejection in the API's words: the parameter, the rule and
+/// what the value must be; never the value, nor a Rust type.
+fn path_problem(rejection: PathRejection) -> Problem {
+    let kind = match rejection {
+        PathRejection::FailedToDeserializePathParams(failed) => failed.into_kind(),
+        other => {
+            return Problem::new(
+                ProblemKind::InvalidParameter,
+                shorten(&other.body_text()).into_owned(),
+            )
+        }
+    };
+    match kind {
+        ErrorKind::InvalidUtf8InPathParam { key } => {
+            Problem::invalid_parameter(&key, "format", "must be UTF-8 once percent-decoded")
+        }
+        ErrorKind::ParseErrorAtKey {
+            key, expected_type, ..
+        } => Problem::invalid_parameter(&key, "invalidType", must_be(expected_type)),
+        ErrorKind::DeserializeError { key, message, .. } => {
+            Problem::invalid_parameter(&key, "invalidType", shorten(&message))
+        }
+        ErrorKind::ParseError { expected_type, .. }
+        | ErrorKind::ParseErrorAtIndex { expected_type, .. } => Problem::new(
+            ProblemKind::InvalidParameter,
+            format!("a path parameter {}", must_be(expected_type)),
+        ),
+        other => Problem::new(
+            ProblemKind::InvalidParameter,
+            shorten(&other.to_string()).into_owned(),
+        ),
     }
 }
 
@@ -92,7 +127,8 @@ where
 /// a query can be wrong is a 400 problem+json naming the parameter and the
 /// rule: `unknownParameter`, `duplicateParameter`, `invalidType` (a value
 /// that does not parse as the parameter's type), `oneOf` (a value outside an
-/// enumeration) or `required`.
+/// enumeration) or `required`. Details say what the value must be ("must be
+/// an integer from 1 to 9", "must be one of: a, b"), never quote it.
 pub struct QueryParams<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for QueryParams<T>
@@ -107,7 +143,10 @@ where
         // decoding is lossy); the typed reading below names the parameter.
         let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
             .map_err(|rejection| {
-                Problem::new(ProblemKind::InvalidParameter, rejection.body_text())
+                Problem::new(
+                    ProblemKind::InvalidParameter,
+                    shorten(&rejection.body_text()).into_owned(),
+                )
             })?
             .0;
         parse_query_pairs(pairs).map(Self)
@@ -116,30 +155,156 @@ where
 
 /// Reads decoded query parameters into a `T`; see [`QueryParams`].
 fn parse_query_pairs<T: DeserializeOwned>(pairs: Vec<(String, String)>) -> Result<T, Problem> {
-    let deserializer = serde::de::value::MapDeserializer::new(
+    let deserializer = serde::de::value::MapDeserializer::<_, QueryError>::new(
         pairs
             .into_iter()
             .map(|(name, value)| (name, QueryValue(value))),
     );
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let detail = error.into_inner().to_string();
-        let named = |rule: &str| {
-            let field = quoted_name(&detail).unwrap_or(&path).to_owned();
-            Problem::invalid_parameter(&field, rule, detail.clone())
-        };
-        if detail.starts_with("unknown field ") {
-            named("unknownParameter")
-        } else if detail.starts_with("duplicate field ") {
-            named("duplicateParameter")
-        } else if detail.starts_with("missing field ") {
-            named("required")
-        } else if detail.starts_with("unknown variant ") {
-            Problem::invalid_parameter(&path, "oneOf", detail)
-        } else {
-            Problem::invalid_parameter(&path, "invalidType", detail)
-        }
+        let QueryError {
+            rule,
+            parameter,
+            detail,
+        } = error.into_inner();
+        Problem::invalid_parameter(&parameter.unwrap_or(path), rule, detail)
     })
+}
+
+/// Why a query string does not fit its parameters, already in the API's
+/// words: serde's messages quote the value and name Rust types.
+#[derive(Debug)]
+struct QueryError {
+    rule: &'static str,
+    /// The parameter at fault when serde names it (an unknown, repeated or
+    /// missing one); otherwise the path of the value.
+    parameter: Option<String>,
+    detail: String,
+}
+
+impl QueryError {
+    fn invalid_type(detail: String) -> Self {
+        Self {
+            rule: "invalidType",
+            parameter: None,
+            detail,
+        }
+    }
+
+    fn about(parameter: &str, rule: &'static str, detail: String) -> Self {
+        Self {
+            rule,
+            parameter: Some(parameter.to_owned()),
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+impl serde::de::Error for QueryError {
+    fn custom<M: std::fmt::Display>(message: M) -> Self {
+        Self::invalid_type(shorten(&message.to_string()).into_owned())
+    }
+
+    fn invalid_type(_: serde::de::Unexpected<'_>, expected: &dyn serde::de::Expected) -> Self {
+        Self::invalid_type(must_be(&expected.to_string()))
+    }
+
+    fn invalid_value(_: serde::de::Unexpected<'_>, expected: &dyn serde::de::Expected) -> Self {
+        Self::invalid_type(must_be(&expected.to_string()))
+    }
+
+    fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+        Self {
+            rule: "oneOf",
+            parameter: None,
+            detail: format!("must be one of: {}", expected.join(", ")),
+        }
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        let detail = if expected.is_empty() {
+            "is unknown".to_owned()
+        } else {
+            format!("is unknown; expected one of: {}", expected.join(", "))
+        };
+        Self::about(field, "unknownParameter", detail)
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        Self::about(field, "required", "is required".to_owned())
+    }
+
+    fn duplicate_field(field: &'static str) -> Self {
+        Self::about(field, "duplicateParameter", "must be given once".to_owned())
+    }
+}
+
+/// What a value must be, in the API's words, from the type serde or axum
+/// expected (`i64`, `a boolean`, `struct BookBody`...). Integers name their
+/// type's range, which is what the parse enforces.
+fn must_be(expected: &str) -> String {
+    fn range(min: impl std::fmt::Display, max: impl std::fmt::Display) -> String {
+        format!("must be an integer from {min} to {max}")
+    }
+    let phrase = match expected {
+        "i8" => return range(i8::MIN, i8::MAX),
+        "i16" => return range(i16::MIN, i16::MAX),
+        "i32" => return range(i32::MIN, i32::MAX),
+        "i64" => return range(i64::MIN, i64::MAX),
+        "u8" => return range(u8::MIN, u8::MAX),
+        "u16" => return range(u16::MIN, u16::MAX),
+        "u32" => return range(u32::MIN, u32::MAX),
+        "u64" => return range(u64::MIN, u64::MAX),
+        "an integer" | "i128" | "u128" | "isize" | "usize" => "must be an integer",
+        "f32" | "f64" | "a number" => "must be a number",
+        "bool" | "a boolean" => "must be true or false",
+        "a string" | "a borrowed string" | "alloc::string::String" | "&str" => "must be a string",
+        "a character" | "char" => "must be a single character",
+        "a sequence" => "must be an array",
+        "a map" => "must be an object",
+        other if other.starts_with("struct ") => "must be an object",
+        _ => "is not of the expected type",
+    };
+    phrase.to_owned()
+}
+
+/// The names a serde message lists after its last ", expected ": each
+/// between backticks (`` `a`, `b` or `c` ``).
+fn expected_names(message: &str) -> Vec<&str> {
+    let Some(start) = message.rfind(", expected ") else {
+        return Vec::new();
+    };
+    message[start..].split('`').skip(1).step_by(2).collect()
+}
+
+/// serde_json's message for a value that does not fit its field, in the
+/// API's words: what the value must be, never the value nor a Rust type.
+fn must_be_from_message(message: &str) -> String {
+    let expected = |rest: &str| {
+        rest.rfind(", expected ")
+            .map(|at| must_be(&rest[at + ", expected ".len()..]))
+    };
+    let reworded = if let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .or_else(|| message.strip_prefix("invalid length "))
+    {
+        expected(rest)
+    } else if message.starts_with("unknown variant ") {
+        let names = expected_names(message);
+        (!names.is_empty()).then(|| format!("must be one of: {}", names.join(", ")))
+    } else {
+        None
+    };
+    reworded.unwrap_or_else(|| shorten(message).into_owned())
 }
 
 /// One query parameter's value: text that becomes whatever type its field
@@ -147,18 +312,14 @@ fn parse_query_pairs<T: DeserializeOwned>(pairs: Vec<(String, String)>) -> Resul
 struct QueryValue(String);
 
 impl QueryValue {
-    fn parse<'de, N, V>(self, visitor: &V) -> Result<N, serde::de::value::Error>
-    where
-        N: std::str::FromStr,
-        V: serde::de::Visitor<'de>,
-    {
-        self.0.parse().map_err(|_| {
-            serde::de::Error::invalid_type(serde::de::Unexpected::Str(&self.0), visitor)
-        })
+    fn parse<N: std::str::FromStr>(self) -> Result<N, QueryError> {
+        self.0
+            .parse()
+            .map_err(|_| QueryError::invalid_type(must_be(std::any::type_name::<N>())))
     }
 }
 
-impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for QueryValue {
+impl<'de> serde::de::IntoDeserializer<'de, QueryError> for QueryValue {
     type Deserializer = Self;
 
     fn into_deserializer(self) -> Self {
@@ -170,7 +331,7 @@ macro_rules! parse_number {
     ($($method:ident => $visit:ident),* $(,)?) => {
         $(
             fn $method<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-                let value = self.parse(&visitor)?;
+                let value = self.parse()?;
                 visitor.$visit(value)
             }
         )*
@@ -178,7 +339,7 @@ macro_rules! parse_number {
 }
 
 impl<'de> serde::Deserializer<'de> for QueryValue {
-    type Error = serde::de::value::Error;
+    type Error = QueryError;
 
     fn deserialize_any<V: serde::de::Visitor<'de>>(
         self,
@@ -299,8 +460,10 @@ fn quoted_name(message: &str) -> Option<&str> {
     Some(&message[start..start + len])
 }
 
+/// The field at fault in a body that does not fit `T`, and why, in the
+/// API's words (serde's own quote the value and name Rust types).
 fn field_problem(path: &str, error: &serde_json::Error) -> FieldProblem {
-    let detail = without_position(error);
+    let message = without_position(error);
     let at = |name: &str| {
         if path == "." || path.is_empty() {
             name.to_owned()
@@ -308,19 +471,33 @@ fn field_problem(path: &str, error: &serde_json::Error) -> FieldProblem {
             format!("{path}.{name}")
         }
     };
-    let (field, rule) =
-        if let Some(name) = detail.strip_prefix("missing field ").and_then(quoted_name) {
+    let (field, rule, detail) =
+        if let Some(name) = message.strip_prefix("missing field ").and_then(quoted_name) {
             // A missing field is reported at its parent's path.
-            (at(name), "required")
-        } else if detail.starts_with("unknown field ") {
-            (path.to_owned(), "unknownField")
+            (at(name), "required", "is required".to_owned())
+        } else if message.starts_with("unknown field ") {
+            let names = expected_names(&message);
+            let detail = if names.is_empty() {
+                "is unknown".to_owned()
+            } else {
+                format!("is unknown; expected one of: {}", names.join(", "))
+            };
+            (path.to_owned(), "unknownField", detail)
         } else if path == "." || path.is_empty() {
-            ("body".to_owned(), "invalidType")
+            (
+                "body".to_owned(),
+                "invalidType",
+                must_be_from_message(&message),
+            )
         } else {
-            (path.to_owned(), "invalidType")
+            (
+                path.to_owned(),
+                "invalidType",
+                must_be_from_message(&message),
+            )
         };
     FieldProblem {
-        field,
+        field: shorten(&field).into_owned(),
         rule: rule.to_owned(),
         detail,
     }
@@ -330,7 +507,7 @@ fn field_problem(path: &str, error: &serde_json::Error) -> FieldProblem {
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
     Problem::new(
         ProblemKind::NotFound,
-        format!("no route for {}", uri.path()),
+        format!("no route for {}", shorten(uri.path())),
     )
 }
 
@@ -572,6 +749,194 @@ mod tests {
         assert_eq!(
             field_and_rule("null"),
             ("body".into(), "invalidType".into())
+        );
+    }
+
+    /// Every detail of `problem`, which must speak the API's language.
+    fn details(problem: &Problem) -> Vec<String> {
+        let mut details = vec![problem.detail().to_owned()];
+        details.extend(problem.errors().iter().map(|e| e.detail.clone()));
+        for detail in &details {
+            for rust in ["i64", "u8", "String", "struct ", "invalid type", "`"] {
+                assert!(!detail.contains(rust), "{rust:?} in {detail:?}");
+            }
+        }
+        details
+    }
+
+    fn query_detail(pairs: &[(&str, &str)]) -> String {
+        let problem = query(pairs).unwrap_err();
+        details(&problem);
+        problem.errors()[0].detail.clone()
+    }
+
+    #[test]
+    fn an_unparsable_query_value_says_what_it_must_be() {
+        for value in ["abc", "", "1.5", "99999999999999999999"] {
+            assert_eq!(
+                query_detail(&[("minVersion", value)]),
+                "must be an integer from -9223372036854775808 to 9223372036854775807",
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            query_detail(&[("order", "sideways")]),
+            "must be one of: asc, -asc"
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Flags {
+        draft: Option<bool>,
+        stars: Option<u8>,
+        ratio: Option<f64>,
+    }
+
+    fn flags_detail(pairs: &[(&str, &str)]) -> (String, String, String) {
+        let problem = parse_query_pairs::<Flags>(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .unwrap_err();
+        details(&problem);
+        let error = &problem.errors()[0];
+        (
+            error.field.clone(),
+            error.rule.clone(),
+            error.detail.clone(),
+        )
+    }
+
+    #[test]
+    fn query_details_are_phrased_by_the_parameter_type() {
+        assert_eq!(
+            flags_detail(&[("draft", "yes")]),
+            (
+                "draft".into(),
+                "invalidType".into(),
+                "must be true or false".into()
+            )
+        );
+        assert_eq!(
+            flags_detail(&[("stars", "256")]).2,
+            "must be an integer from 0 to 255"
+        );
+        assert_eq!(flags_detail(&[("ratio", "half")]).2, "must be a number");
+    }
+
+    #[test]
+    fn unknown_and_repeated_query_parameters_are_told_in_words() {
+        assert_eq!(
+            flags_detail(&[("colour", "red")]),
+            (
+                "colour".into(),
+                "unknownParameter".into(),
+                "is unknown; expected one of: draft, stars, ratio".into()
+            )
+        );
+        assert_eq!(
+            flags_detail(&[("draft", "true"), ("draft", "false")]),
+            (
+                "draft".into(),
+                "duplicateParameter".into(),
+                "must be given once".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_huge_unknown_query_parameter_is_not_echoed_whole() {
+        let name = "x".repeat(20 * 1024);
+        let problem = query(&[(name.as_str(), "1")]).unwrap_err();
+        assert_eq!(problem.errors()[0].rule, "unknownParameter");
+        assert!(
+            problem.detail().chars().count() < 300,
+            "{}",
+            problem.detail()
+        );
+        assert!(problem.errors()[0].field.chars().count() <= 101);
+    }
+
+    fn body_detail(raw: &str) -> (String, String) {
+        let problem = problem(raw);
+        details(&problem);
+        (
+            problem.errors()[0].field.clone(),
+            problem.errors()[0].detail.clone(),
+        )
+    }
+
+    #[test]
+    fn a_body_field_of_the_wrong_type_says_what_it_must_be() {
+        assert_eq!(
+            body_detail(r#"{"title":"x","publishedYear":"1965"}"#),
+            (
+                "publishedYear".into(),
+                "must be an integer from -9223372036854775808 to 9223372036854775807".into()
+            )
+        );
+        assert_eq!(
+            body_detail(r#"{"title":{"$gt":""},"publishedYear":1}"#),
+            ("title".into(), "must be a string".into())
+        );
+        assert_eq!(
+            body_detail(r#"{"title":null,"publishedYear":1}"#),
+            ("title".into(), "must be a string".into())
+        );
+        assert_eq!(
+            body_detail(r#"{"title":"x","publishedYear":1.5}"#).1,
+            "must be an integer from -9223372036854775808 to 9223372036854775807"
+        );
+    }
+
+    #[test]
+    fn missing_and_unknown_body_fields_are_told_in_words() {
+        assert_eq!(
+            body_detail(r#"{"title":"x"}"#),
+            ("publishedYear".into(), "is required".into())
+        );
+        assert_eq!(
+            body_detail(r#"{"title":"x","publishedYear":1,"isbn":"1"}"#),
+            (
+                "isbn".into(),
+                "is unknown; expected one of: title, publishedYear".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_huge_value_or_field_name_in_a_body_is_not_echoed_whole() {
+        let huge = "x".repeat(20 * 1024);
+        let (field, detail) = body_detail(&format!(r#"{{"title":"x","publishedYear":"{huge}"}}"#));
+        assert_eq!(field, "publishedYear");
+        assert!(detail.len() < 200, "{detail}");
+        let (field, detail) =
+            body_detail(&format!(r#"{{"title":"x","publishedYear":1,"{huge}":1}}"#));
+        assert!(field.chars().count() <= 101, "{field}");
+        assert!(detail.len() < 200, "{detail}");
+    }
+
+    #[test]
+    fn serde_expectations_read_as_the_api_types() {
+        assert_eq!(must_be("an integer"), "must be an integer");
+        assert_eq!(
+            must_be("i32"),
+            "must be an integer from -2147483648 to 2147483647"
+        );
+        assert_eq!(must_be("a boolean"), "must be true or false");
+        assert_eq!(must_be("struct BookBody"), "must be an object");
+        assert_eq!(must_be("a sequence"), "must be an array");
+        assert_eq!(
+            must_be_from_message("unknown variant `x, expected `y``, expected `asc` or `-asc`"),
+            "must be one of: asc, -asc"
+        );
+        assert_eq!(
+            must_be_from_message(r#"invalid type: string "a, expected i64", expected a string"#),
+            "must be a string"
         );
     }
 }

@@ -2,7 +2,7 @@
 //! served as `application/problem+json`. Each kind of error has a stable
 //! `type` URI that clients may match on.
 
-use std::num::NonZeroU64;
+use std::{borrow::Cow, num::NonZeroU64};
 
 use axum::{
     http::{header, HeaderName, HeaderValue, StatusCode},
@@ -11,6 +11,51 @@ use axum::{
 use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// How many characters of a client's input a problem echoes: enough to
+/// recognize it, never a 20 KB path segment sent back whole.
+pub const ECHO_CHARS: usize = 100;
+
+/// `text` cut after `ECHO_CHARS` characters (on a character boundary), with
+/// an ellipsis when cut: for names a client chose (a parameter, a field, a
+/// path) that a problem repeats as they are.
+pub fn shorten(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}\u{2026}", &text[..end])),
+    }
+}
+
+/// A client's value as a double-quoted string for a problem's `detail`:
+/// quotes, backslashes and control characters escaped as in JSON, cut (with
+/// an ellipsis inside the quotes) once the escaped text would pass
+/// `ECHO_CHARS` characters.
+pub fn quoted(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len().min(4 * ECHO_CHARS) + 2);
+    quoted.push('"');
+    let mut room = ECHO_CHARS;
+    for c in value.chars() {
+        let mut utf8 = [0; 4];
+        let escaped = match c {
+            '"' => Cow::Borrowed("\\\""),
+            '\\' => Cow::Borrowed("\\\\"),
+            '\n' => Cow::Borrowed("\\n"),
+            '\r' => Cow::Borrowed("\\r"),
+            '\t' => Cow::Borrowed("\\t"),
+            c if c.is_control() => Cow::Owned(format!("\\u{:04x}", u32::from(c))),
+            c => Cow::Borrowed(&*c.encode_utf8(&mut utf8)),
+        };
+        let width = escaped.chars().count();
+        if width > room {
+            quoted.push('\u{2026}');
+            break;
+        }
+        room -= width;
+        quoted.push_str(&escaped);
+    }
+    quoted.push('"');
+    quoted
+}
 
 /// The kinds of problem the services report. The `type` member of a problem
 /// is `urn:books:problem:<slug>`.
@@ -105,8 +150,9 @@ pub struct FieldProblem {
     /// The body field (dotted path), query parameter or header at fault.
     #[schema(example = "publishedYear")]
     pub field: String,
-    /// The rule it broke: `required`, `tooLong`, `controlCharacter`,
-    /// `outOfRange`, `format`, `unknownField`, `invalidType`...
+    /// The rule it broke: `required`, `invisible` (only format, control or
+    /// white-space characters), `tooLong`, `controlCharacter`, `outOfRange`,
+    /// `format`, `unknownField`, `invalidType`...
     #[schema(example = "outOfRange")]
     pub rule: String,
     #[schema(example = "must be an integer from -3000 to 2100, got 3000")]
@@ -220,12 +266,14 @@ impl Problem {
         &self.errors
     }
 
-    /// A 400 for a query parameter or header that broke a rule.
+    /// A 400 for a path or query parameter or header that broke a rule.
+    /// The name is the client's when it is unknown: it is shortened.
     pub fn invalid_parameter(field: &str, rule: &str, detail: impl Into<String>) -> Self {
         let detail = detail.into();
+        let field = shorten(field);
         let mut problem = Self::new(ProblemKind::InvalidParameter, format!("{field}: {detail}"));
         problem.push_error(FieldProblem {
-            field: field.to_owned(),
+            field: field.into_owned(),
             rule: rule.to_owned(),
             detail,
         });
@@ -239,7 +287,7 @@ pub fn parse_book_id(raw: &str) -> Result<domain::BookId, Problem> {
     domain::BookId::parse(raw).map_err(|error| {
         let mut problem = Problem::new(
             ProblemKind::InvalidParameter,
-            format!("{raw:?} is not a book id: {}", error.message),
+            format!("{} is not a book id: {}", quoted(raw), error.message),
         );
         problem.push_error(FieldProblem::from(&error));
         problem
@@ -266,5 +314,71 @@ impl IntoResponse for Problem {
             response.headers_mut().extend(headers);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_echoed_whole() {
+        assert_eq!(shorten("minVersion"), "minVersion");
+        assert_eq!(quoted("Dune"), "\"Dune\"");
+        let exact = "\u{e9}".repeat(ECHO_CHARS);
+        assert_eq!(shorten(&exact), exact.as_str());
+        assert_eq!(quoted(&exact), format!("\"{exact}\""));
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_with_an_ellipsis() {
+        // Two-byte characters: a cut by bytes would split one.
+        let long = "\u{e9}".repeat(20 * 1024);
+        let short = shorten(&long);
+        assert_eq!(short.chars().count(), ECHO_CHARS + 1);
+        assert!(short.ends_with("\u{e9}\u{2026}"), "{short}");
+        let quoted = quoted(&long);
+        assert_eq!(quoted.chars().count(), ECHO_CHARS + 3);
+        assert!(quoted.ends_with("\u{e9}\u{2026}\""), "{quoted}");
+    }
+
+    #[test]
+    fn quoting_escapes_and_counts_the_escapes() {
+        assert_eq!(quoted("a\"b\\c\nd\u{0}"), r#""a\"b\\c\nd\u0000""#);
+        // Each NUL takes six characters once escaped: the cut comes sooner.
+        let nuls = quoted(&"\u{0}".repeat(1000));
+        assert!(nuls.chars().count() <= ECHO_CHARS + 3, "{nuls}");
+        assert!(nuls.ends_with("\\u0000\u{2026}\""), "{nuls}");
+    }
+
+    #[test]
+    fn a_huge_book_id_is_not_echoed_whole() {
+        let problem = parse_book_id(&"a".repeat(20 * 1024)).unwrap_err();
+        assert_eq!(problem.kind(), ProblemKind::InvalidParameter);
+        assert!(
+            problem.detail().chars().count() < 200,
+            "{}",
+            problem.detail()
+        );
+        assert!(
+            problem
+                .detail()
+                .ends_with("\u{2026}\" is not a book id: must be 24 hexadecimal digits"),
+            "{}",
+            problem.detail()
+        );
+        assert_eq!(problem.errors()[0].field, "id");
+    }
+
+    #[test]
+    fn an_unknown_parameter_name_is_shortened() {
+        let name = "x".repeat(20 * 1024);
+        let problem = Problem::invalid_parameter(&name, "unknownParameter", "is not a parameter");
+        assert!(
+            problem.detail().chars().count() < 200,
+            "{}",
+            problem.detail()
+        );
+        assert_eq!(problem.errors()[0].field.chars().count(), ECHO_CHARS + 1);
     }
 }
