@@ -40,7 +40,7 @@ async fn get_author(
         Some(summary) => Ok(Json(summary)),
         None => Err(Problem::new(
             ProblemKind::NotFound,
-            format!("no book by {:?}", author.as_str()),
+            format!("no book by {}", platform::problem::quoted(author.as_str())),
         )
         .into()),
     }
