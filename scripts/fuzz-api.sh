@@ -72,8 +72,9 @@ fuzz() {
   local name=$1 port=$2
   shift 2
   echo "[fuzz] $name: schemathesis, $examples examples per operation and phase" >&2
+  # --url: the documents name the default ports in `servers`.
   "$venv/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run \
-    "http://127.0.0.1:$port/openapi.json" \
+    "http://127.0.0.1:$port/openapi.json" --url "http://127.0.0.1:$port" \
     --max-examples "$examples" --seed 1 --no-color \
     --report junit --report-dir "$logs/$name" "$@" || status=1
 }

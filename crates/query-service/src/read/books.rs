@@ -52,17 +52,17 @@ struct ListParams {
     #[param(minimum = -3000, maximum = 2100, example = 1969)]
     year: Option<i64>,
     /// Only books published in this year or later.
-    #[param(minimum = -3000, maximum = 2100)]
+    #[param(minimum = -3000, maximum = 2100, example = 1960)]
     year_from: Option<i64>,
     /// Only books published in this year or earlier; not before `yearFrom`.
-    #[param(minimum = -3000, maximum = 2100)]
+    #[param(minimum = -3000, maximum = 2100, example = 1980)]
     year_to: Option<i64>,
     /// Only books whose title contains this text, in any case.
     #[param(value_type = Option<domain::Title>, example = "darkness")]
     title: Option<String>,
     /// The order: by `createdAt` (the default), `title` or `publishedYear`;
     /// a leading `-` reverses it. Books with equal keys are ordered by id.
-    #[param(inline)]
+    #[param(inline, example = "-publishedYear")]
     sort: Option<SortParam>,
     /// Books per page, default 20; values over 100 are lowered to 100.
     #[param(minimum = 1, example = 20)]
@@ -71,7 +71,11 @@ struct ListParams {
     /// sort. A cursor pages through the books without skipping or
     /// repeating one, even while books are added. Opaque: only cursors
     /// this service returned are accepted.
-    #[param(min_length = 1, pattern = "^[A-Za-z0-9_-]+$")]
+    #[param(
+        min_length = 1,
+        pattern = "^[A-Za-z0-9_-]+$",
+        example = "eyJzIjoiY3JlYXRlZEF0IiwidiI6MTcxNDU1NzYwMDEyMywiaWQiOiI2NWExYjJjM2Q0ZTVmNjA3MTgyOTNhNGIiLCJmIjoiMHR6bXpyVmpHbTJ1R3ZYVSJ9"
+    )]
     cursor: Option<String>,
 }
 
@@ -179,7 +183,7 @@ struct GetParams {
     get,
     path = "/books/{id}",
     tag = "books",
-    params(("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$"), GetParams),
+    params(("id" = String, Path, description = "The book's id: 24 hexadecimal digits", pattern = "^[0-9a-fA-F]{24}$", example = "65a1b2c3d4e5f60718293a4b"), GetParams),
     responses(
         (status = 200, description = "The book", body = Book,
             headers(("ETag" = String, description = "The book's version, quoted: `\"3\"`"))),

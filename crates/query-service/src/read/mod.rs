@@ -19,6 +19,7 @@ use crate::state::AppState;
         description = "Reads of the books read model, kept current from the events of command-service. Eventually consistent: see `minVersion` for reading your own writes.",
         license(name = "MIT", identifier = "MIT"),
     ),
+    servers((url = "http://localhost:5001", description = "query-service as `scripts/dev.sh` and docker compose run it")),
     tags(
         (name = "books", description = "The read model of books"),
         (name = "authors", description = "Summaries of each author's books"),
