@@ -58,14 +58,7 @@ pub(crate) const TOKEN: &str = "test-token";
 
 /// The service with fresh settings, whose data is removed after the test.
 pub(crate) async fn spawn_app() -> TestApp {
-    let settings = test_settings().await;
-    let cleanup = Cleanup::new(
-        vec![settings.database.clone()],
-        vec![settings.stream.clone(), lease_key(&settings)],
-    );
-    let mut app = spawn_app_with(settings).await;
-    app.app.clean_up_after(cleanup);
-    app
+    spawn_app_with_cleanup(test_settings().await).await
 }
 
 /// The service with these settings, whose database and stream are removed

@@ -10,23 +10,9 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 use test_support::{eventually, TcpProxy};
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// Waits until the stream holds `count` events and every outbox is empty.
-async fn wait_until_relayed(app: &TestApp, count: usize) -> Vec<(String, Value)> {
-    eventually("events relayed and outboxes cleared", DEADLINE, || async {
-        let events = app.stream_events().await;
-        let books = app.stored_books().await;
-        let cleared = books.iter().all(|b| {
-            b.get_array("outbox").map(|a| a.is_empty()).unwrap_or(false)
-                && !b.contains_key("outboxAt")
-        });
-        (events.len() == count && cleared).then_some(events)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn a_created_book_is_appended_to_the_stream_and_its_outbox_cleared() {
@@ -34,7 +20,7 @@ async fn a_created_book_is_appended_to_the_stream_and_its_outbox_cleared() {
 
     let book: Value = app.post_book(&valid_book()).await.json().await.unwrap();
 
-    let events = wait_until_relayed(&app, 1).await;
+    let events = app.wait_until_relayed(1).await;
     let (kind, event) = &events[0];
     assert_eq!(kind, "bookCreated");
     assert_eq!(event["type"], "bookCreated");
@@ -91,7 +77,7 @@ async fn concurrent_creates_each_produce_exactly_one_event() {
         .collect()
         .await;
 
-    let events = wait_until_relayed(&app, 60).await;
+    let events = app.wait_until_relayed(60).await;
     let mut relayed: Vec<String> = events
         .iter()
         .map(|(_, e)| e["bookId"].as_str().unwrap().to_owned())
@@ -127,7 +113,7 @@ async fn events_left_pending_by_a_crash_are_published_at_start() {
 
     let app = spawn_app_with(settings).await;
 
-    let events = wait_until_relayed(&app, 1).await;
+    let events = app.wait_until_relayed(1).await;
     assert_eq!(events[0].1, serde_json::from_str::<Value>(&event).unwrap());
 }
 
@@ -154,7 +140,7 @@ async fn a_write_accepted_while_redis_is_down_is_published_when_it_returns() {
     );
 
     proxy.restore();
-    let events = tokio::time::timeout(Duration::from_secs(40), wait_until_relayed(&app, 1))
+    let events = tokio::time::timeout(Duration::from_secs(40), app.wait_until_relayed(1))
         .await
         .unwrap_or_else(|_| panic!("not relayed after Redis returned"));
     assert_eq!(events[0].1["bookId"], book["_id"]);
@@ -171,7 +157,7 @@ async fn stopping_gracefully_loses_no_event() {
 
     // Whatever the stopped relay did not publish, the next start does.
     let restarted = spawn_app_with(settings).await;
-    let events = wait_until_relayed(&restarted, 20).await;
+    let events = restarted.wait_until_relayed(20).await;
     assert_eq!(events.len(), 20);
 }
 
@@ -204,7 +190,7 @@ async fn two_replicas_publish_a_backlog_once() {
     let first = crate::helpers::spawn_app_with_cleanup(settings.clone()).await;
     let _second = spawn_app_with(settings).await;
 
-    let events = wait_until_relayed(&first, 50).await;
+    let events = first.wait_until_relayed(50).await;
     let ids: std::collections::HashSet<&str> = events
         .iter()
         .map(|(_, event)| event["eventId"].as_str().unwrap())
@@ -229,7 +215,7 @@ async fn the_sweep_is_taken_over_when_its_holder_stops_renewing_the_lease() {
 
     let app = crate::helpers::spawn_app_with_cleanup(settings).await;
 
-    wait_until_relayed(&app, 3).await;
+    app.wait_until_relayed(3).await;
 }
 
 #[tokio::test]
