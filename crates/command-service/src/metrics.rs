@@ -30,22 +30,13 @@ pub fn install() {
     );
 }
 
-/// How the relay came to publish an event.
+/// How the relay came to publish an event: the request that stored it
+/// handed it over, or the sweep found it pending (after a crash, an outage,
+/// a full queue).
 #[derive(Debug, Clone, Copy)]
 pub enum Via {
-    /// The request that stored it handed it over.
     Immediate,
-    /// The sweep found it pending (after a crash, an outage, a full queue).
     Sweep,
-}
-
-impl Via {
-    fn as_str(self) -> &'static str {
-        match self {
-            Via::Immediate => "immediate",
-            Via::Sweep => "sweep",
-        }
-    }
 }
 
 /// An event of `event_type` was stored in its book's outbox.
@@ -55,7 +46,11 @@ pub fn event_appended(event_type: &'static str) {
 
 /// An event of `event_type` was appended to the stream.
 pub fn event_published(event_type: &'static str, via: Via) {
-    metrics::counter!(PUBLISHED, "type" => event_type, "via" => via.as_str()).increment(1);
+    let via = match via {
+        Via::Immediate => "immediate",
+        Via::Sweep => "sweep",
+    };
+    metrics::counter!(PUBLISHED, "type" => event_type, "via" => via).increment(1);
 }
 
 /// Reads the outbox backlog at each scrape, through the `outboxAt` index.

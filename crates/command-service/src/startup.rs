@@ -51,14 +51,7 @@ impl Application {
         let redis_client = platform::connect::redis_client(&settings.redis_url)?;
         let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
 
-        let (relay, outbox) = Relay::new(
-            store.clone(),
-            redis.clone(),
-            settings.stream.clone(),
-            settings.outbox_sweep_interval,
-            settings.relay_lease,
-            settings.dependency_timeout,
-        );
+        let (relay, outbox) = Relay::new(store.clone(), redis.clone(), &settings);
         let stop = Stop {
             token: CancellationToken::new(),
             drain: settings.shutdown_drain,

@@ -1,38 +1,27 @@
 //! The write model in MongoDB. A book document carries its pending events in
-//! an `outbox` array (each the exact JSON that will be published) and the
-//! time the oldest was added in `outboxAt`. Writing a book and its event is
-//! therefore one single-document write: atomic without transactions.
-//!
-//! Conditional writes (the compare-and-set of a change, the relay's clear)
-//! are one statement with the condition in the filter: MongoDB applies a
-//! single-document write atomically, so of two writers exactly one wins.
+//! an `outbox` array (the exact JSON to publish) and when the oldest was
+//! added in `outboxAt`, so a book and its event are one atomic write.
 
 use std::{collections::BTreeMap, future::IntoFuture};
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use chrono::{DateTime as ChronoDateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
-use mongodb::{options::IndexOptions, Collection, Database, IndexModel};
-use platform::document::{BookDocument, CorruptBook, StoredBook};
-
 use domain::Book;
+use futures::{StreamExt, TryStreamExt};
+use mongodb::{Collection, Database, IndexModel};
+use platform::document::{BookDocument, CorruptBook, StoredBook};
+use serde::Deserialize;
 
 const BOOKS: &str = "books";
 /// How many outbox clears run at once.
 const UPDATE_CONCURRENCY: usize = 8;
 
-/// Events published but not yet cleared from their book's outbox.
-#[derive(Debug, Clone)]
-pub struct Published {
+/// Events of one book's outbox, as the exact JSON stored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pending {
+    #[serde(rename = "_id")]
     pub id: ObjectId,
-    /// The exact JSON of each published event.
-    pub events: Vec<String>,
-}
-
-/// A book with events still waiting for the relay.
-#[derive(Debug, Clone)]
-pub struct PendingBook {
-    pub id: ObjectId,
+    #[serde(rename = "outbox")]
     pub events: Vec<String>,
 }
 
@@ -65,16 +54,9 @@ impl BookStore {
         }
     }
 
-    /// Creates the index the relay's sweep relies on. Idempotent.
+    /// Creates the index the relay's reads of pending events rely on. Idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = IndexModel::builder()
-            .keys(doc! { "outboxAt": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("outboxAt_1".to_owned())
-                    .build(),
-            )
-            .build();
+        let index = IndexModel::builder().keys(doc! { "outboxAt": 1 }).build();
         self.books.create_index(index).await?;
         Ok(())
     }
@@ -87,18 +69,13 @@ impl BookStore {
         book: &Book,
         event_json: &str,
     ) -> mongodb::error::Result<()> {
-        let now = DateTime::now();
-        let document = doc! {
+        let mut document = doc! {
             "_id": id,
-            "title": book.state.title.as_str(),
-            "author": book.state.author.as_str(),
-            "publishedYear": book.state.published_year.value(),
-            "version": to_i64(book.version),
             "createdAt": DateTime::from_chrono(book.state.created_at),
-            "updatedAt": DateTime::from_chrono(book.state.updated_at),
             "outbox": [event_json],
-            "outboxAt": now,
+            "outboxAt": DateTime::now(),
         };
+        document.extend(content(book));
         self.books.insert_one(document).await?;
         Ok(())
     }
@@ -116,9 +93,7 @@ impl BookStore {
     }
 
     /// Writes `book` (the next version of a live book) and its event, if
-    /// the stored book is still live at `expected`: a compare-and-set, so
-    /// of two writers that read the same version exactly one succeeds.
-    /// Returns whether this write won.
+    /// the stored book is still live at `expected`; whether this write won.
     #[tracing::instrument(skip_all, fields(book_id = %id, expected))]
     pub async fn update(
         &self,
@@ -128,13 +103,7 @@ impl BookStore {
         event_json: &str,
     ) -> mongodb::error::Result<bool> {
         let update = doc! {
-            "$set": {
-                "title": book.state.title.as_str(),
-                "author": book.state.author.as_str(),
-                "publishedYear": book.state.published_year.value(),
-                "updatedAt": DateTime::from_chrono(book.state.updated_at),
-                "version": to_i64(book.version),
-            },
+            "$set": content(book),
             "$push": { "outbox": event_json },
             "$min": { "outboxAt": DateTime::now() },
         };
@@ -166,6 +135,8 @@ impl BookStore {
         self.compare_and_set(id, expected, update).await
     }
 
+    /// One statement with the condition in the filter: MongoDB applies it
+    /// atomically, so of two writers that read one version exactly one wins.
     async fn compare_and_set(
         &self,
         id: ObjectId,
@@ -183,24 +154,16 @@ impl BookStore {
         &self,
         cutoff: ChronoDateTime<Utc>,
         limit: i64,
-    ) -> mongodb::error::Result<Vec<PendingBook>> {
-        let cursor = self
-            .books
+    ) -> mongodb::error::Result<Vec<Pending>> {
+        self.books
+            .clone_with_type::<Pending>()
             .find(doc! { "outboxAt": { "$lte": DateTime::from_chrono(cutoff) } })
             .sort(doc! { "outboxAt": 1 })
             .limit(limit)
             .projection(doc! { "outbox": 1 })
-            .await?;
-        let documents: Vec<Document> = cursor.try_collect().await?;
-        Ok(documents
-            .into_iter()
-            .filter_map(|d| {
-                Some(PendingBook {
-                    id: d.get_object_id("_id").ok()?,
-                    events: outbox_of(&d),
-                })
-            })
-            .collect())
+            .await?
+            .try_collect()
+            .await
     }
 
     /// The outbox backlog. Both reads go through the `outboxAt` index alone
@@ -225,7 +188,7 @@ impl BookStore {
 
     /// Clears published events from their outboxes; events added meanwhile
     /// stay pending.
-    pub async fn clear(&self, published: &[Published]) -> mongodb::error::Result<()> {
+    pub async fn clear(&self, published: &[Pending]) -> mongodb::error::Result<()> {
         let mut by_book: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
         for p in published {
             by_book
@@ -261,17 +224,15 @@ impl BookStore {
     }
 }
 
-/// The events of a book document's outbox.
-fn outbox_of(document: &Document) -> Vec<String> {
-    document
-        .get_array("outbox")
-        .map(|events| {
-            events
-                .iter()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What a write sets of a live book's content and version.
+fn content(book: &Book) -> Document {
+    doc! {
+        "title": book.state.title.as_str(),
+        "author": book.state.author.as_str(),
+        "publishedYear": book.state.published_year.value(),
+        "updatedAt": DateTime::from_chrono(book.state.updated_at),
+        "version": to_i64(book.version),
+    }
 }
 
 fn to_i64(version: u64) -> i64 {

@@ -36,7 +36,7 @@ use serde::{Deserialize, Deserializer};
 use utoipa::IntoResponses;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth::Authenticated, relay::Outgoing, state::AppState, store::StoreError};
+use crate::{auth::Authenticated, relay::Stored, state::AppState, store::StoreError};
 
 /// How many times a change is tried, losing a compare-and-set to a
 /// concurrent writer each time, before answering 409.
@@ -253,11 +253,9 @@ async fn create_book(
     tracing::Span::current().record("book_id", id.as_str());
     let book = Book::create(id, draft, now());
     let event = BookEvent::created(&book, Some(trace.as_str().to_owned()));
-    let json = event.to_json();
-
-    let stored_at = tokio::time::Instant::now();
-    state.store.insert(object_id, &book, &json).await?;
-    publish(&state, object_id, &event, json, stored_at);
+    let stored = Stored::new(object_id, &event);
+    state.store.insert(object_id, &book, &stored.json).await?;
+    state.outbox.notify(stored);
 
     let location = format!("{}/books/{}", state.query_base_url, book.id);
     let location = HeaderValue::try_from(location)
@@ -454,19 +452,18 @@ async fn execute(
             }
         }
         let now = now();
-        let stored_at = tokio::time::Instant::now();
         let (next, event) = match &command {
             Command::Delete => {
                 let version = current.version + 1;
                 let at = now.max(current.state.updated_at);
                 let event = BookEvent::deleted(id, version, at, Some(traceparent.to_owned()));
-                let json = event.to_json();
+                let stored = Stored::new(object_id, &event);
                 if state
                     .store
-                    .delete(object_id, current.version, version, at, &json)
+                    .delete(object_id, current.version, version, at, &stored.json)
                     .await?
                 {
-                    publish(state, object_id, &event, json, stored_at);
+                    state.outbox.notify(stored);
                     return Ok(Outcome::Deleted(version));
                 }
                 continue;
@@ -489,13 +486,13 @@ async fn execute(
         let (Some(next), Some(event)) = (next, event) else {
             return Ok(Outcome::Unchanged(current));
         };
-        let json = event.to_json();
+        let stored = Stored::new(object_id, &event);
         if state
             .store
-            .update(object_id, current.version, &next, &json)
+            .update(object_id, current.version, &next, &stored.json)
             .await?
         {
-            publish(state, object_id, &event, json, stored_at);
+            state.outbox.notify(stored);
             return Ok(Outcome::Changed(next));
         }
     }
@@ -504,24 +501,6 @@ async fn execute(
         format!("book {id} kept changing under {MAX_ATTEMPTS} concurrent attempts; retry"),
     )
     .into())
-}
-
-/// Counts a stored event and hands it to the relay for immediate
-/// publication.
-fn publish(
-    state: &AppState,
-    book_id: ObjectId,
-    event: &BookEvent,
-    json: String,
-    stored_at: tokio::time::Instant,
-) {
-    crate::metrics::event_appended(event.event_type.as_str());
-    state.outbox.notify(Outgoing {
-        book_id,
-        event_type: event.event_type.as_str(),
-        json,
-        stored_at,
-    });
 }
 
 fn store_error(error: StoreError) -> ApiError {

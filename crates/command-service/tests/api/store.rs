@@ -3,7 +3,7 @@
 
 use bson::{doc, oid::ObjectId, Document};
 use chrono::{SubsecRound, Utc};
-use command_service::store::{BookStore, Published};
+use command_service::store::{BookStore, Pending};
 use domain::{Book, BookDraft, BookEvent, BookId};
 use test_support::{unique, Cleanup};
 
@@ -71,7 +71,7 @@ async fn a_clear_removes_what_was_published_and_keeps_what_was_added_meanwhile()
     let second = BookEvent::updated(&next, None).to_json();
     assert!(store.update(id, 1, &next, &second).await.unwrap());
 
-    let published = |json: &str| Published {
+    let published = |json: &str| Pending {
         id,
         events: vec![json.to_owned()],
     };
