@@ -3,6 +3,7 @@
 //! events to a Redis Stream (and Pub/Sub) without losing any.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod relay;

@@ -43,12 +43,6 @@ impl FromRef<AppState> for ApiTokens {
     }
 }
 
-impl FromRef<AppState> for BookStore {
-    fn from_ref(state: &AppState) -> Self {
-        state.store.clone()
-    }
-}
-
 impl FromRef<AppState> for Dependencies {
     fn from_ref(state: &AppState) -> Self {
         state.dependencies.clone()

@@ -9,7 +9,10 @@ use chrono::{DateTime as ChronoDateTime, Utc};
 use domain::Book;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::{Collection, Database, IndexModel};
-use platform::document::{BookDocument, CorruptBook, StoredBook};
+use platform::{
+    document::{BookDocument, StoredBook},
+    error::Failure,
+};
 use serde::Deserialize;
 
 const BOOKS: &str = "books";
@@ -31,15 +34,6 @@ pub struct Pending {
 pub struct Backlog {
     pub books: u64,
     pub oldest: Option<ChronoDateTime<Utc>>,
-}
-
-/// Why a stored book could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
-    #[error(transparent)]
-    Corrupt(#[from] CorruptBook),
 }
 
 #[derive(Clone)]
@@ -82,7 +76,7 @@ impl BookStore {
 
     /// The book with this id as the write model holds it, if any.
     #[tracing::instrument(skip_all, fields(book_id = %id))]
-    pub async fn find(&self, id: ObjectId) -> Result<Option<StoredBook>, StoreError> {
+    pub async fn find(&self, id: ObjectId) -> Result<Option<StoredBook>, Failure> {
         let record = self
             .books
             .clone_with_type::<BookDocument>()
