@@ -13,7 +13,7 @@ use platform::{problem::ProblemKind, Problem};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-type TokenDigest = [u8; 32];
+pub type TokenDigest = [u8; 32];
 
 /// The tokens that may send commands. Never printed: `Debug` shows a count.
 #[derive(Clone, Default)]
@@ -35,14 +35,14 @@ impl ApiTokens {
         self.0.is_empty()
     }
 
-    /// Whether `token` is one of the accepted tokens. Every digest is
-    /// compared, whatever matched, in constant time.
-    fn accepts(&self, token: &str) -> bool {
+    /// The digest of `token` when it is one of the accepted tokens. Every
+    /// digest is compared, whatever matched, in constant time.
+    fn check(&self, token: &str) -> Option<TokenDigest> {
         let presented = digest(token);
         let matched = self.0.iter().fold(Choice::from(0), |found, accepted| {
             found | accepted.ct_eq(&presented)
         });
-        matched.into()
+        bool::from(matched).then_some(presented)
     }
 }
 
@@ -57,10 +57,13 @@ fn digest(token: &str) -> TokenDigest {
 }
 
 /// Proof that the request carried an accepted `Authorization: Bearer`
-/// token. Handlers that take it answer 401 problem+json, with
-/// `WWW-Authenticate`, before reading any body.
-#[derive(Debug, Clone, Copy)]
-pub struct Authenticated;
+/// token, and which: the caller, as the token's digest. Handlers that take
+/// it answer 401 problem+json, with `WWW-Authenticate`, before reading any
+/// body.
+#[derive(Clone, Copy)]
+pub struct Authenticated {
+    pub caller: TokenDigest,
+}
 
 impl<S> FromRequestParts<S> for Authenticated
 where
@@ -82,13 +85,15 @@ where
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(bearer_token);
-        match presented {
-            None => Err(unauthorized(
+        let Some(token) = presented else {
+            return Err(unauthorized(
                 "send an API token as `Authorization: Bearer <token>`",
                 None,
-            )),
-            Some(token) if tokens.accepts(token) => Ok(Self),
-            Some(_) => Err(unauthorized(
+            ));
+        };
+        match tokens.check(token) {
+            Some(caller) => Ok(Self { caller }),
+            None => Err(unauthorized(
                 "the bearer token is not accepted",
                 Some("invalid_token"),
             )),
@@ -122,18 +127,18 @@ mod tests {
     #[test]
     fn configured_tokens_are_accepted_and_others_refused() {
         let tokens = ApiTokens::parse(" first , second,,");
-        assert!(tokens.accepts("first"));
-        assert!(tokens.accepts("second"));
-        assert!(!tokens.accepts("third"));
-        assert!(!tokens.accepts(""));
-        assert!(!tokens.accepts("first "));
+        assert!(tokens.check("first").is_some());
+        assert!(tokens.check("second").is_some());
+        assert!(tokens.check("third").is_none());
+        assert!(tokens.check("").is_none());
+        assert!(tokens.check("first ").is_none());
     }
 
     #[test]
     fn an_empty_list_accepts_nothing() {
         let tokens = ApiTokens::parse(" , ");
         assert!(tokens.is_empty());
-        assert!(!tokens.accepts(""));
+        assert!(tokens.check("").is_none());
     }
 
     #[test]

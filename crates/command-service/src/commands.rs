@@ -11,11 +11,14 @@ use platform::{
     backoff::Backoff,
     document::{object_id, StoredBook},
     http::etag,
-    problem::ProblemKind,
+    mongo::is_duplicate_key,
+    problem::{FieldProblem, ProblemKind},
     ApiError, Problem,
 };
 
-use crate::{relay::Stored, state::AppState};
+use sha2::{Digest, Sha256};
+
+use crate::{auth::TokenDigest, relay::Stored, state::AppState};
 
 /// How many times a change is tried, losing a compare-and-set to a
 /// concurrent writer each time, before answering 409.
@@ -58,23 +61,94 @@ impl IfMatch {
     }
 }
 
-/// Stores a new book with its creation event.
+/// A create that may be retried: the caller's `Idempotency-Key`, scoped to
+/// the caller.
+pub struct Idempotency {
+    pub caller: TokenDigest,
+    pub key: String,
+}
+
+impl Idempotency {
+    /// The id of the book this caller creates with this key: the `_id`
+    /// index then lets one insert at most succeed, atomically with the book.
+    fn book_id(&self) -> ObjectId {
+        let digest = Sha256::new()
+            .chain_update(b"books idempotency key\0")
+            .chain_update(self.caller)
+            .chain_update(self.key.as_bytes())
+            .finalize();
+        let mut id = [0; 12];
+        id.copy_from_slice(&digest[..12]);
+        ObjectId::from_bytes(id)
+    }
+}
+
+/// What a create did.
+pub enum Created {
+    New(Book),
+    /// The key was used before with the same book: nothing was written,
+    /// and this is the book that request created.
+    Replayed(Book),
+}
+
+/// Stores a new book with its creation event, once per idempotency key.
 pub async fn create(
     state: &AppState,
     draft: BookDraft,
     traceparent: &str,
-) -> Result<Book, ApiError> {
-    let object_id = ObjectId::new();
+    idempotency: Option<Idempotency>,
+) -> Result<Created, ApiError> {
+    let object_id = idempotency
+        .as_ref()
+        .map_or_else(ObjectId::new, Idempotency::book_id);
     let id = BookId::parse(&object_id.to_hex()).expect("an ObjectId is 24 hex digits");
     tracing::Span::current().record("book_id", id.as_str());
-    let book = Book::create(id, draft, now());
+    let fingerprint = idempotency.as_ref().map(|_| fingerprint(&draft));
+    let book = Book::create(id.clone(), draft.clone(), now());
     let stored = Stored::new(
         object_id,
         &BookEvent::created(&book, Some(traceparent.to_owned())),
     );
-    state.store.insert(object_id, &book, &stored.json).await?;
-    state.outbox.notify(stored);
-    Ok(book)
+    match state
+        .store
+        .insert(object_id, &book, &stored.json, fingerprint.as_deref())
+        .await
+    {
+        Ok(()) => {
+            state.outbox.notify(stored);
+            Ok(Created::New(book))
+        }
+        // The key's book exists: the same request, retried or concurrent.
+        Err(error) if fingerprint.is_some() && is_duplicate_key(&error) => {
+            let Some((stored_fingerprint, created_at)) = state.store.creation(object_id).await?
+            else {
+                return Err(ApiError::Internal(error.into()));
+            };
+            if stored_fingerprint != fingerprint {
+                return Err(Problem::validation(vec![FieldProblem {
+                    field: "Idempotency-Key".to_owned(),
+                    rule: "reused".to_owned(),
+                    detail: "was sent before with another book; use a new key for a new book"
+                        .to_owned(),
+                }])
+                .into());
+            }
+            Ok(Created::Replayed(Book::create(id, draft, created_at)))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What identifies a create's content, once validated and normalized.
+fn fingerprint(draft: &BookDraft) -> String {
+    let digest = Sha256::new()
+        .chain_update(draft.title.as_str())
+        .chain_update([0])
+        .chain_update(draft.author.as_str())
+        .chain_update([0])
+        .chain_update(draft.published_year.value().to_be_bytes())
+        .finalize();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Reads the current version, checks the precondition, and writes the next

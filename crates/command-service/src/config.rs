@@ -2,12 +2,16 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use platform::{env, RedactedUrl};
+use platform::{env, limits::ClientLimits, RedactedUrl};
 
 use crate::auth::ApiTokens;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// What a client may hold of the server (`HTTP_HEADER_READ_TIMEOUT_MS`,
+    /// `HTTP_BODY_READ_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`,
+    /// `MAX_CONCURRENT_REQUESTS`).
+    pub client_limits: ClientLimits,
     /// Address to listen on (`HOST`, default 0.0.0.0).
     pub host: IpAddr,
     /// Port to listen on (`PORT`, default 5000; 0 picks a free port).
@@ -62,6 +66,7 @@ impl Settings {
             "RELAY_LEASE_MS ({relay_lease:?}) must be longer than OUTBOX_SWEEP_INTERVAL_MS ({outbox_sweep_interval:?})"
         );
         Ok(Self {
+            client_limits: ClientLimits::from_env()?,
             host: env::parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env::parse("PORT", 5000)?,
             mongo_url: RedactedUrl::new(env::string("MONGO_URL", "mongodb://127.0.0.1:27017")),

@@ -82,8 +82,9 @@ impl Application {
             settings.body_limit,
             settings.dependency_timeout * REQUEST_DEADLINE_FACTOR,
         );
-        let server =
-            HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop).await?;
+        let server = HttpServer::bind(SocketAddr::new(settings.host, settings.port), router, stop)
+            .await?
+            .with_limits(settings.client_limits);
         Ok(Self { server, relay })
     }
 

@@ -16,6 +16,8 @@ use platform::{
 use serde::Deserialize;
 
 const BOOKS: &str = "books";
+/// What an idempotent create was made from (see `commands::Idempotency`).
+const FINGERPRINT: &str = "requestFingerprint";
 /// How many outbox clears run at once.
 const UPDATE_CONCURRENCY: usize = 8;
 
@@ -62,6 +64,7 @@ impl BookStore {
         id: ObjectId,
         book: &Book,
         event_json: &str,
+        fingerprint: Option<&str>,
     ) -> mongodb::error::Result<()> {
         let mut document = doc! {
             "_id": id,
@@ -69,9 +72,33 @@ impl BookStore {
             "outbox": [event_json],
             "outboxAt": DateTime::now(),
         };
+        if let Some(fingerprint) = fingerprint {
+            document.insert(FINGERPRINT, fingerprint);
+        }
         document.extend(content(book));
         self.books.insert_one(document).await?;
         Ok(())
+    }
+
+    /// What a book was created from (the fingerprint of an idempotent
+    /// create), and when; `None` when there is no such book.
+    pub async fn creation(
+        &self,
+        id: ObjectId,
+    ) -> Result<Option<(Option<String>, ChronoDateTime<Utc>)>, Failure> {
+        let Some(document) = self
+            .books
+            .find_one(doc! { "_id": id })
+            .projection(doc! { FINGERPRINT: 1, "createdAt": 1 })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let created_at = document.get_datetime("createdAt").map_err(|error| {
+            Failure::Permanent(anyhow::anyhow!("book {id} has no creation time: {error}"))
+        })?;
+        let fingerprint = document.get_str(FINGERPRINT).ok().map(str::to_owned);
+        Ok(Some((fingerprint, created_at.to_chrono())))
     }
 
     /// The book with this id as the write model holds it, if any.

@@ -22,9 +22,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Authenticated,
-    commands::{self, Change, IfMatch, Outcome},
+    commands::{self, Change, Created, Idempotency, IfMatch, Outcome},
     state::AppState,
 };
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -159,6 +161,29 @@ struct IfMatchHeader {
     if_match: String,
 }
 
+/// The retry key of a create (OpenAPI only).
+#[allow(dead_code)] // Describes parameters; never built.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+struct IdempotencyKeyHeader {
+    /// Makes the create safe to retry: a request with a key this caller
+    /// sent before with the same book creates nothing and answers the
+    /// original `201` again (with `Idempotent-Replayed: true`); with another
+    /// book it answers `422`. Keys are kept as long as their book,
+    /// tombstone included. `PUT`, `PATCH` and `DELETE` are safe to retry
+    /// with `If-Match` instead.
+    #[param(
+        rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[\\x20-\\x7E]+$",
+        example = "9b2f6c1e-4d3a-4f8e-a1c7-5e0d2b7f3a94"
+    )]
+    idempotency_key: String,
+}
+
 /// The problems every command may answer (OpenAPI only).
 #[allow(dead_code)] // Describes answers; never built.
 #[derive(IntoResponses)]
@@ -224,29 +249,43 @@ enum ChangeProblems {
     path = "/books",
     tag = "books",
     security(("bearer" = [])),
+    params(IdempotencyKeyHeader),
     request_body(content = BookBody, description = "The new book"),
     responses(
-        (status = 201, description = "Created", body = Book, headers(
+        (status = 201, description = "Created, or created before with this `Idempotency-Key` and this book", body = Book, headers(
             ("Location" = String, description = "The book on query-service"),
             ("ETag" = String, description = "The book's version, quoted"),
+            ("Idempotent-Replayed" = String, description = "`true` when the answer is a replay: nothing was written"),
         )),
-        (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON, or `Idempotency-Key` is not 1 to 255 printable ASCII characters", body = Problem, content_type = "application/problem+json"),
         BodyProblems,
         CommandProblems,
     )
 )]
 #[tracing::instrument(name = "create_book", skip_all, fields(book_id))]
 async fn create_book(
-    _: Authenticated,
+    auth: Authenticated,
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<BookBody>,
 ) -> Result<Response, ApiError> {
-    let book = commands::create(&state, body.parse()?, trace.as_str()).await?;
+    let idempotency = idempotency_key(&headers)?.map(|key| Idempotency {
+        caller: auth.caller,
+        key,
+    });
+    let created = commands::create(&state, body.parse()?, trace.as_str(), idempotency).await?;
+    let (book, replayed) = match created {
+        Created::New(book) => (book, None),
+        Created::Replayed(book) => (
+            book,
+            Some(("idempotent-replayed", HeaderValue::from_static("true"))),
+        ),
+    };
     let location = format!("{}/books/{}", state.query_base_url, book.id);
     let location = HeaderValue::try_from(location)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("bad Location header: {e}")))?;
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         [
             (header::LOCATION, location),
@@ -254,7 +293,29 @@ async fn create_book(
         ],
         Json(book),
     )
-        .into_response())
+        .into_response();
+    if let Some((name, value)) = replayed {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII
+/// characters, else a 400 naming the header.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let malformed = |detail: &str| Problem::invalid_parameter("Idempotency-Key", "format", detail);
+    if values.next().is_some() {
+        return Err(malformed("must be sent once"));
+    }
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err(malformed("must be 1 to 255 printable ASCII characters"));
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
 /// Replaces a book's title, author and year.

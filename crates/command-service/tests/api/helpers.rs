@@ -30,6 +30,7 @@ pub(crate) async fn test_settings() -> Settings {
     platform::telemetry::init_for_tests("command-service");
     let servers = test_support::servers().await;
     Settings {
+        client_limits: platform::limits::ClientLimits::default(),
         host: [127, 0, 0, 1].into(),
         port: 0,
         mongo_url: RedactedUrl::new(servers.mongo_url.clone()),

@@ -6,6 +6,7 @@ mod changes;
 mod concurrency;
 mod health;
 mod helpers;
+mod idempotency;
 mod metrics;
 mod openapi;
 mod relay;

@@ -175,7 +175,7 @@ async fn leave_pending(settings: &command_service::config::Settings, count: usiz
             Utc::now().trunc_subsecs(3),
         );
         store
-            .insert(id, &book, &BookEvent::created(&book, None).to_json())
+            .insert(id, &book, &BookEvent::created(&book, None).to_json(), None)
             .await
             .unwrap();
     }

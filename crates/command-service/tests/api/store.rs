@@ -34,7 +34,10 @@ async fn a_stale_compare_and_set_writes_nothing() {
     let store = BookStore::new(&db);
     let (id, created) = book("Kindred");
     let created_json = BookEvent::created(&created, None).to_json();
-    store.insert(id, &created, &created_json).await.unwrap();
+    store
+        .insert(id, &created, &created_json, None)
+        .await
+        .unwrap();
     let next = created
         .replace(
             BookDraft::parse("Kindred (2nd ed.)", "Octavia E. Butler", 1979).unwrap(),
@@ -60,7 +63,7 @@ async fn a_clear_removes_what_was_published_and_keeps_what_was_added_meanwhile()
     let store = BookStore::new(&db);
     let (id, created) = book("Dawn");
     let first = BookEvent::created(&created, None).to_json();
-    store.insert(id, &created, &first).await.unwrap();
+    store.insert(id, &created, &first, None).await.unwrap();
     // A change stored after the creation event was published.
     let next = created
         .replace(
