@@ -25,6 +25,7 @@ use tower_http::{
 use tracing::Level;
 
 use crate::{
+    limits::BodyTimedOut,
     problem::{shorten, FieldProblem, Problem, ProblemKind},
     trace::TraceContext,
 };
@@ -58,7 +59,9 @@ where
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if let Some(timed_out) = cause::<BodyTimedOut>(&rejection) {
+                Problem::new(ProblemKind::RequestTimeout, timed_out.to_string())
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Problem::new(ProblemKind::PayloadTooLarge, rejection.body_text())
             } else {
                 Problem::new(ProblemKind::MalformedJson, rejection.body_text())
@@ -66,6 +69,13 @@ where
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// The first error of type `E` in `error`'s chain of sources.
+fn cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<E>())
 }
 
 /// A path parameter. Unlike `axum::extract::Path`, a value that cannot be

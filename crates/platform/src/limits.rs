@@ -307,7 +307,7 @@ pub(crate) async fn shed_load(
     let Ok(_permit) = permits.try_acquire() else {
         crate::metrics::request_shed();
         return Problem::new(
-            ProblemKind::ServiceUnavailable,
+            ProblemKind::Overloaded,
             "the service is handling as many requests as it can; retry shortly",
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))

@@ -86,6 +86,10 @@ pub enum ProblemKind {
     NotCaughtUp,
     /// A dependency (MongoDB, Redis) cannot be reached in time (503).
     ServiceUnavailable,
+    /// The service is handling as many requests as it may; retry (503).
+    Overloaded,
+    /// The request body did not arrive within its time (408).
+    RequestTimeout,
     /// Anything unexpected; details are in the server log only (500).
     Internal,
 }
@@ -102,7 +106,10 @@ impl ProblemKind {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::NotCaughtUp | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotCaughtUp | Self::ServiceUnavailable | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,6 +128,8 @@ impl ProblemKind {
             Self::Conflict => "urn:books:problem:conflict",
             Self::NotCaughtUp => "urn:books:problem:not-caught-up",
             Self::ServiceUnavailable => "urn:books:problem:service-unavailable",
+            Self::Overloaded => "urn:books:problem:overloaded",
+            Self::RequestTimeout => "urn:books:problem:request-timeout",
             Self::Internal => "urn:books:problem:internal",
         }
     }
@@ -139,6 +148,8 @@ impl ProblemKind {
             Self::Conflict => "Too many concurrent writes to this book",
             Self::NotCaughtUp => "The requested version is not visible yet",
             Self::ServiceUnavailable => "The service is temporarily unavailable",
+            Self::Overloaded => "The service is at capacity",
+            Self::RequestTimeout => "The request body did not arrive in time",
             Self::Internal => "Internal server error",
         }
     }

@@ -195,7 +195,7 @@ enum CommandProblems {
         headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"books\"`, with `error=\"invalid_token\"` for a token not accepted"))
     )]
     Unauthorized(Problem),
-    /// MongoDB does not answer within the dependency timeout; retry later
+    /// MongoDB does not answer within the dependency timeout, or the service is handling `MAX_CONCURRENT_REQUESTS` already (type `urn:books:problem:overloaded`, with `Retry-After`); retry later
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(Problem),
     /// Something unexpected failed; the details are in the server log only
@@ -207,6 +207,9 @@ enum CommandProblems {
 #[allow(dead_code)] // Describes answers; never built.
 #[derive(IntoResponses)]
 enum BodyProblems {
+    /// The body did not arrive within `HTTP_BODY_READ_TIMEOUT_MS`
+    #[response(status = 408, content_type = "application/problem+json")]
+    TooSlow(Problem),
     /// The body is over `BODY_LIMIT_BYTES`
     #[response(status = 413, content_type = "application/problem+json")]
     TooLarge(Problem),

@@ -7,6 +7,7 @@ mod concurrency;
 mod health;
 mod helpers;
 mod idempotency;
+mod limits;
 mod metrics;
 mod openapi;
 mod relay;
