@@ -49,7 +49,7 @@ pub struct ClientLimits {
 
 impl ClientLimits {
     /// `HTTP_HEADER_READ_TIMEOUT_MS` (default 10000), `HTTP_BODY_READ_TIMEOUT_MS`
-    /// (30000), `HTTP_IDLE_TIMEOUT_MS` (60000), `MAX_CONCURRENT_REQUESTS` (1024).
+    /// (5000), `HTTP_IDLE_TIMEOUT_MS` (60000), `MAX_CONCURRENT_REQUESTS` (1024).
     pub fn from_env() -> anyhow::Result<Self> {
         let default = Self::default();
         Ok(Self {
@@ -65,7 +65,7 @@ impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             header_read: Duration::from_secs(10),
-            body_read: Duration::from_secs(30),
+            body_read: Duration::from_secs(5),
             idle: Duration::from_secs(60),
             max_in_flight: 1024,
         }
