@@ -4,8 +4,10 @@
 # running and stopping afterwards the ones it started (scripts/servers.sh;
 # tests/database proves that the MongoDB-compatible server on MONGO_URL makes
 # a conditional single-document write atomic), then validates both OpenAPI
-# documents and fuzzes both APIs against them (schemathesis). Extra
-# arguments go to `cargo test` (and skip the validation and the fuzzing).
+# documents, fuzzes both APIs against them (schemathesis) and runs the
+# Postman collection with newman (with a check that the documents import
+# well into Postman). Extra arguments go to `cargo test` (and skip the
+# validation, the fuzzing and the Postman run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -25,4 +27,5 @@ cargo test --workspace --locked "$@"
 if [ "$#" -eq 0 ]; then
   scripts/check-openapi.sh
   scripts/fuzz-api.sh
+  scripts/postman.sh
 fi

@@ -39,6 +39,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 /// is reported instead of ignored.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"title": "Dune", "author": "Frank Herbert", "publishedYear": 1965}))]
 struct BookBody {
     #[schema(value_type = domain::Title)]
     title: String,
@@ -58,6 +59,7 @@ impl BookBody {
 /// the current one; `null` would remove a field, which a book refuses.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"publishedYear": 1966}))]
 struct BookMergePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = domain::Title, required = false)]
@@ -142,7 +144,7 @@ impl<'de> Deserialize<'de> for Integer {
 #[into_params(parameter_in = Path)]
 struct BookPath {
     /// The book's id: 24 hexadecimal digits
-    #[param(pattern = "^[0-9a-fA-F]{24}$")]
+    #[param(pattern = "^[0-9a-fA-F]{24}$", example = "65a1b2c3d4e5f60718293a4b")]
     id: String,
 }
 
@@ -156,7 +158,8 @@ struct IfMatchHeader {
         rename = "If-Match",
         value_type = String,
         required = false,
-        pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$"
+        pattern = "^\\s*(\\*|(W/)?\"[^\"]*\"(\\s*,\\s*(W/)?\"[^\"]*\")*)\\s*$",
+        example = "\"1\""
     )]
     if_match: String,
 }

@@ -19,6 +19,7 @@ use crate::state::AppState;
         description = "Commands on books. Each accepted command is stored with its event in MongoDB and relayed to the Redis Stream read by query-service.",
         license(name = "MIT", identifier = "MIT"),
     ),
+    servers((url = "http://localhost:5000", description = "command-service as `scripts/dev.sh` and docker compose run it")),
     modifiers(&BearerAuth),
     tags(
         (name = "books", description = "Create, replace, change and delete books"),
