@@ -8,7 +8,8 @@ venv="${BOOKS_STATE_DIR:-$root/.local}/venv"
 
 python_tool() {
   local package=$1 version=$2
-  if "$venv/bin/python" -m pip show "$package" 2>/dev/null | grep -qx "Version: $version"; then
+  # grep -x without -q: reading to the end, pip never writes to a closed pipe.
+  if "$venv/bin/python" -m pip show "$package" 2>/dev/null | grep -x "Version: $version" >/dev/null; then
     return 0
   fi
   echo "[python] installing $package $version into $venv" >&2
