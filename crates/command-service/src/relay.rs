@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
-use futures::{future::BoxFuture, FutureExt, StreamExt};
+use futures::{future::BoxFuture, FutureExt};
 use platform::{backoff::Backoff, error::Failure, lease::Lease, mongo::bounded};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -34,11 +34,12 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// While sweeps find nothing, the wait between them doubles up to this many
 /// sweep intervals (and below half the lease, so that the holder keeps it).
 const IDLE_SWEEP_FACTOR: u32 = 16;
+/// Books cleared by one job: few enough that a loaded MongoDB clears them
+/// within the dependency timeout.
+const CLEAR_BATCH: usize = 64;
 /// Published events waiting for their outboxes to be cleared, at most
 /// (about half a kilobyte each); past this, new events wait in the channel.
 const MAX_UNCLEARED: usize = 16_384;
-/// Batches of published events whose outboxes are cleared at once.
-const CONCURRENT_CLEARS: usize = 4;
 /// The longest wait between sweeps while Redis or MongoDB keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -149,8 +150,8 @@ impl Relay {
     }
 
     /// Publishes until `shutdown`: the events handed over as they come, and
-    /// what the sweeps find. Beside it runs one job at a time: clearing
-    /// everything published so far or, when nothing is left to clear and a
+    /// what the sweeps find. Beside it runs one job at a time: clearing a
+    /// batch of what was published or, when nothing is left to clear and a
     /// sweep is due, reading what is still pending. (On FerretDB a clear
     /// costs as much as an insert and that read scans every book: neither
     /// may hold publication back.) Sweeping only once the clears are done
@@ -202,7 +203,9 @@ impl Relay {
         if let Some(job) = job {
             job.await;
         }
-        self.clear().await;
+        while !self.uncleared.is_empty() {
+            self.clear().await;
+        }
         // Another replica need not wait for the lease to expire.
         self.lease.release(&mut self.redis).await;
         tracing::info!("outbox relay stopped");
@@ -296,23 +299,18 @@ impl Relay {
         Ok(events.len())
     }
 
-    /// Clears what was published so far from its outboxes, a few batches
-    /// at once. A failed clear leaves its events pending: the sweep sends
-    /// them again.
+    /// Clears the oldest batch of what was published from its outboxes. A
+    /// failed clear leaves its events pending: the sweep sends them again.
     fn clear(&mut self) -> BoxFuture<'static, Done> {
-        let books = std::mem::take(&mut self.uncleared);
+        let books: Vec<Pending> = self
+            .uncleared
+            .drain(..self.uncleared.len().min(CLEAR_BATCH))
+            .collect();
         let (store, timeout) = (self.store.clone(), self.timeout);
         async move {
-            futures::stream::iter(books.chunks(BATCH))
-                .for_each_concurrent(CONCURRENT_CLEARS, |chunk| {
-                    let store = &store;
-                    async move {
-                        if let Err(error) = bounded(timeout, store.clear(chunk)).await {
-                            tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
-                        }
-                    }
-                })
-                .await;
+            if let Err(error) = bounded(timeout, store.clear(&books)).await {
+                tracing::warn!(%error, "clearing published events failed; the sweep will send them again");
+            }
             Done::Cleared
         }
         .boxed()
