@@ -14,7 +14,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 # shellcheck source=scripts/python-tool.sh
 . "$root/scripts/python-tool.sh"
-python_tool pymongo 4.10.1 # to drop the run's databases
+# shellcheck source=scripts/test-system.sh
+. "$root/scripts/test-system.sh"
 
 node_dir="${BOOKS_STATE_DIR:-$root/.local}/node"
 node_tools=(newman@6.2.2 openapi-to-postmanv2@6.3.3)
@@ -34,57 +35,9 @@ for tool in "${node_tools[@]}"; do
 done
 bin="$node_dir/node_modules/.bin"
 
-: "${MONGO_URL:=mongodb://127.0.0.1:27017}"
-: "${REDIS_URL:=redis://127.0.0.1:6379}"
-export MONGO_URL REDIS_URL
-run_id="postman_$(date +%s)_$$"
 out="target/postman"
 rm -rf "$out"
-mkdir -p "$out"
-token="postman-token-$run_id"
-
-cargo build --locked --quiet -p command-service -p query-service
-
-free_port() { node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'; }
-
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  "$venv/bin/python" - "$run_id" <<'PY' || true
-import os, sys
-import pymongo
-run = sys.argv[1]
-client = pymongo.MongoClient(os.environ["MONGO_URL"], serverSelectionTimeoutMS=3000)
-for name in (f"{run}_write", f"{run}_read"):
-    client.drop_database(name)
-PY
-  redis-cli -u "$REDIS_URL" --no-auth-warning EVAL \
-    "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end return n" \
-    0 "$run_id:*" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-command_port=$(free_port)
-query_port=$(free_port)
-command_url="http://127.0.0.1:$command_port"
-query_url="http://127.0.0.1:$query_port"
-common=(HOST=127.0.0.1 RUST_LOG=warn EVENTS_STREAM="$run_id:events"
-  WRITE_DB_NAME="${run_id}_write" DEPENDENCY_TIMEOUT_MS=2000)
-env "${common[@]}" PORT="$command_port" API_TOKENS="$token" QUERY_BASE_URL="$query_url" \
-  target/debug/command-service >"$out/command-service.log" 2>&1 &
-pids+=($!)
-env "${common[@]}" PORT="$query_port" READ_DB_NAME="${run_id}_read" \
-  CONSUMER_GROUP="$run_id" CONSUMER_NAME="$run_id" CACHE_KEY_PREFIX="$run_id:cache:" \
-  target/debug/query-service >"$out/query-service.log" 2>&1 &
-pids+=($!)
-
-for url in "$command_url" "$query_url"; do
-  for _ in $(seq 1 100); do
-    curl -fs -o /dev/null "$url/readyz" && break
-    sleep 0.1
-  done
-done
+start_system postman "$out"
 
 status=0
 echo "[postman] newman: requests/books.postman_collection.json" >&2
