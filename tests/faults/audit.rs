@@ -100,13 +100,24 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut connection: Option<MultiplexedConnection> = None;
+    // After a (re)connect, first what Redis handed over before a reply was
+    // lost (a kill mid-read): this consumer's pending entries.
+    let mut pending_first = true;
     let mut drain_failures = 0;
     loop {
         let draining = stop.is_cancelled();
         if draining && drain_failures >= DRAIN_ATTEMPTS {
             return;
         }
-        let outcome = read_once(&redis_url, &names, &mut connection, &stats, draining).await;
+        let outcome = read_once(
+            &redis_url,
+            &names,
+            &mut connection,
+            &mut pending_first,
+            &stats,
+            draining,
+        )
+        .await;
         match outcome {
             Ok(0) if draining => return,
             Ok(_) => {}
@@ -140,33 +151,50 @@ fn is_no_group(error: &anyhow::Error) -> bool {
         .is_some_and(|e| e.code() == Some("NOGROUP"))
 }
 
-/// One read of new entries (blocking unless draining); returns how many.
+/// One read: this consumer's pending entries while `pending_first`, then
+/// new ones (blocking unless draining); returns how many.
 async fn read_once(
     redis_url: &str,
     names: &Names,
     connection: &mut Option<MultiplexedConnection>,
+    pending_first: &mut bool,
     stats: &Mutex<AuditStats>,
     draining: bool,
 ) -> anyhow::Result<usize> {
     if connection.is_none() {
         *connection = Some(connect(redis_url).await?);
+        *pending_first = true;
     }
     let connection = connection.as_mut().expect("connected");
-    let mut read = redis::cmd("XREADGROUP");
-    read.arg("GROUP")
-        .arg(&names.audit_group)
-        .arg(CONSUMER)
-        .arg("COUNT")
-        .arg(BATCH);
-    if !draining {
-        read.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+    let mut entries = Vec::new();
+    for pending in [true, false] {
+        if pending && !*pending_first {
+            continue;
+        }
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(&names.audit_group)
+            .arg(CONSUMER)
+            .arg("COUNT")
+            .arg(BATCH);
+        if !draining && !pending {
+            read.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+        }
+        read.arg("STREAMS")
+            .arg(&names.stream)
+            .arg(if pending { "0" } else { ">" });
+        let reply: Option<StreamReadReply> = read.query_async(connection).await?;
+        entries = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .map(|k| k.ids)
+            .unwrap_or_default();
+        if !entries.is_empty() {
+            break;
+        }
+        if pending {
+            *pending_first = false;
+        }
     }
-    read.arg("STREAMS").arg(&names.stream).arg(">");
-    let reply: Option<StreamReadReply> = read.query_async(connection).await?;
-    let entries = reply
-        .and_then(|r| r.keys.into_iter().next())
-        .map(|k| k.ids)
-        .unwrap_or_default();
     if entries.is_empty() {
         return Ok(0);
     }
