@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
 # Installs and starts the servers the books services need on a machine without
 # Docker: FerretDB v1.24.2 (MongoDB wire protocol) on a PostgreSQL cluster of
-# our own, and Redis 7.
+# our own, and Redis 7; for tests and benchmarks, also a Redis Cluster of 3
+# masters and 3 replicas.
 #
 #   scripts/servers.sh up            install what is missing, start what is not
 #                                    running; prints the names it started
 #   scripts/servers.sh down [NAME..] stop the servers this script started (all,
 #                                    or only those named: ferretdb, postgresql,
-#                                    redis)
+#                                    redis, redis-cluster)
 #   scripts/servers.sh status        say what answers where
 #   scripts/servers.sh ferretdb-bin  build FerretDB if needed (also when a
 #                                    server already answers) and print its path
+#   scripts/servers.sh cluster-up    install Redis if missing, start the six
+#                                    Redis Cluster nodes that are not running,
+#                                    create the cluster if it is not, and wait
+#                                    until it serves every slot with a replica
+#                                    per master; prints `redis-cluster` if it
+#                                    started a node
+#   scripts/servers.sh cluster-url   print the URL the services take for it
+#                                    (redis+cluster://, three seed nodes)
+#   scripts/servers.sh cluster-node-start PORT
+#                                    start that one node again, as cluster-up
+#                                    does (after a test killed it), if it is
+#                                    not running; it rejoins on its own
 #
 # Idempotent: a second `up` reuses the built FerretDB binary, the PostgreSQL
-# cluster and the running servers. Everything lives under .local/ in the
+# cluster and the running servers; a second `cluster-up` reuses the running
+# nodes, and after a restart the nodes come back from their nodes-PORT.conf
+# and rejoin, without a new create. Everything lives under .local/ in the
 # repository (gitignored), except PostgreSQL's data when the `postgres` user
 # cannot reach .local/ (see pg_home).
 #
 # Ports: FERRETDB_PORT (27017), REDIS_PORT (6379), POSTGRES_PORT (5433; when
-# taken by another program, the next free one, recorded in .local/run/).
+# taken by another program, the next free one, recorded in .local/run/),
+# REDIS_CLUSTER_PORT (7000; the nodes listen on it and the five after it).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +48,8 @@ mongo_port="${FERRETDB_PORT:-27017}"
 redis_port="${REDIS_PORT:-6379}"
 pg_port="${POSTGRES_PORT:-5433}"
 pg_database=ferretdb
+cluster_base="${REDIS_CLUSTER_PORT:-7000}"
+mapfile -t cluster_ports < <(seq "$cluster_base" $((cluster_base + 5)))
 
 log() { printf '[servers] %s\n' "$*" >&2; }
 
@@ -306,6 +324,237 @@ stop_one() {
   rm -f "$pidfile"
 }
 
+# --- Redis Cluster (tests and benchmarks) ---------------------------------
+# Six nodes on 127.0.0.1, ports cluster_ports; node PORT keeps its AOF and
+# nodes-PORT.conf (its identity, slots and peers) in .local/redis-cluster/PORT,
+# its pidfile is .local/run/redis-cluster-PORT.pid, its log
+# .local/log/redis-cluster-PORT.log.
+
+# What a node's process looks like (Redis sets its title so).
+cluster_node_pattern() { printf 'redis-server 127.0.0.1:%s \\[cluster\\]' "$1"; }
+
+cluster_node_alive() { ours_alive "redis-cluster-$1" "$(cluster_node_pattern "$1")"; }
+
+# redis-cli on one node, bounded in time (a node stopped with SIGSTOP must
+# not hang us), without Redis's \r line ends.
+cluster_cli() {
+  local port=$1
+  shift
+  timeout 5 redis-cli -h 127.0.0.1 -p "$port" "$@" 2>/dev/null | tr -d '\r'
+}
+
+# Starts the node on PORT unless ours already runs there; sets
+# cluster_node_started=1 when it starts one. A node with a nodes-PORT.conf
+# comes back with the identity, slots and peers recorded in it.
+#
+# Node timeout 2000 ms: a master silent that long is suspected, the others
+# agree it failed within a gossip round or two, and its replica is elected
+# after 0.5-1 s more, so a killed master is replaced in 3-4 s (3.3-4.1 s
+# measured with kill -9 on a 2-core machine); a shorter timeout risks
+# failovers when a busy machine (2 cores, compiling) stalls a node. Replica validity factor 0: a replica may always take over,
+# however long it last heard from its master; tests kill a master and
+# expect its replica to take over even right after a burst of writes.
+# Diskless sync delay 0: a master sends a new or returning replica its data
+# at once, instead of waiting 5 s (the default) for more replicas to share
+# the transfer; each master here has one, and the wait made a create, or a
+# killed node's rejoin, take 5 s longer. AOF fsynced at every write, as the
+# single Redis (see start_redis).
+start_cluster_node() {
+  local port=$1 name="redis-cluster-$1"
+  cluster_node_alive "$port" && return 0
+  if port_open "$port"; then
+    log "another program answers on 127.0.0.1:$port; cannot start Redis Cluster node $port there"
+    return 1
+  fi
+  install_redis
+  mkdir -p "$state/redis-cluster/$port" "$state/log" "$state/run"
+  log "starting Redis Cluster node on 127.0.0.1:$port (AOF and nodes-$port.conf in $state/redis-cluster/$port)"
+  cluster_node_started=1
+  redis-server --port "$port" --bind 127.0.0.1 \
+    --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
+    --cluster-node-timeout 2000 --cluster-replica-validity-factor 0 \
+    --repl-diskless-sync-delay 0 \
+    --dir "$state/redis-cluster/$port" \
+    --appendonly yes --appendfsync always --save "" \
+    --daemonize yes --pidfile "$state/run/$name.pid" \
+    --logfile "$state/log/$name.log"
+  wait_for_port "$port" "Redis Cluster node $port" "$state/log/$name.log"
+  # The pidfile is written just after the port opens.
+  for _ in $(seq 1 50); do
+    cluster_node_alive "$port" && return 0
+    sleep 0.1
+  done
+  log "Redis Cluster node $port did not stay up; see $state/log/$name.log"
+  return 1
+}
+
+# Whether PID runs (an exited daemon stays a zombie until init reaps it,
+# which here takes a second or more).
+pid_running() {
+  kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
+
+# Stops the nodes of ours on PORT.. (SIGTERM to all, then waits for all: one
+# by one, a stopped master's replica could be promoted meanwhile).
+stop_cluster_nodes() {
+  local port pids=() ports=()
+  for port in "$@"; do
+    if cluster_node_alive "$port"; then
+      pids+=("$(cat "$state/run/redis-cluster-$port.pid")")
+      ports+=("$port")
+    fi
+  done
+  if [ "${#pids[@]}" -gt 0 ]; then
+    log "stopping Redis Cluster nodes ${ports[*]} (pids ${pids[*]})"
+    kill "${pids[@]}" 2>/dev/null || true
+    local pid deadline=$((SECONDS + 15))
+    for pid in "${pids[@]}"; do
+      while pid_running "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+      if pid_running "$pid"; then
+        log "Redis Cluster node pid $pid did not stop on SIGTERM; killing it"
+        kill -9 "$pid" 2>/dev/null || true
+      fi
+    done
+  fi
+  for port in "$@"; do rm -f "$state/run/redis-cluster-$port.pid"; done
+}
+
+# What the running nodes hold: "formed" when each knows exactly the six of
+# us (by node id) and all 16384 slots are assigned, "blank" when none knows
+# another node, holds a slot or holds a key (never created, or wiped), and
+# "stale" otherwise (say one node lost its nodes-PORT.conf, or a create was
+# interrupted).
+cluster_layout() {
+  local port info ids="" known blank=0 formed=0
+  for port in "${cluster_ports[@]}"; do
+    ids+="$(cluster_cli "$port" cluster myid)"$'\n'
+  done
+  ids=$(printf '%s' "$ids" | sort)
+  for port in "${cluster_ports[@]}"; do
+    info=$(cluster_cli "$port" cluster info) || { echo stale; return 0; }
+    if grep -qx 'cluster_known_nodes:1' <<<"$info" && grep -qx 'cluster_slots_assigned:0' <<<"$info" &&
+      [ "$(cluster_cli "$port" dbsize)" = 0 ]; then
+      blank=$((blank + 1))
+    elif grep -qx 'cluster_known_nodes:6' <<<"$info" && grep -qx 'cluster_slots_assigned:16384' <<<"$info"; then
+      known=$(cluster_cli "$port" cluster nodes | cut -d' ' -f1 | sort)
+      [ "$known" = "$ids" ] && formed=$((formed + 1))
+    fi
+  done
+  if [ "$blank" -eq 6 ]; then
+    echo blank
+  elif [ "$formed" -eq 6 ]; then
+    echo formed
+  else
+    echo stale
+  fi
+}
+
+# Whether the cluster is usable: every node says cluster_state:ok, all 16384
+# slots ok, six known nodes, three masters serving slots, and sees no node
+# failing; each master has its one replica online, each replica its link
+# to its master up.
+cluster_ready() {
+  local port info repl masters=0
+  for port in "${cluster_ports[@]}"; do
+    info=$(cluster_cli "$port" cluster info) || return 1
+    grep -qx 'cluster_state:ok' <<<"$info" || return 1
+    grep -qx 'cluster_slots_ok:16384' <<<"$info" || return 1
+    grep -qx 'cluster_known_nodes:6' <<<"$info" || return 1
+    grep -qx 'cluster_size:3' <<<"$info" || return 1
+    cluster_cli "$port" cluster nodes | awk '$3 ~ /fail|handshake|noaddr/ { bad = 1 } END { exit bad }' || return 1
+    repl=$(cluster_cli "$port" info replication) || return 1
+    if grep -qx 'role:master' <<<"$repl"; then
+      grep -qx 'connected_slaves:1' <<<"$repl" || return 1
+      grep -q '^slave0:.*state=online' <<<"$repl" || return 1
+      masters=$((masters + 1))
+    else
+      grep -qx 'master_link_status:up' <<<"$repl" || return 1
+    fi
+  done
+  [ "$masters" -eq 3 ]
+}
+
+# Polls cluster_ready for up to SECONDS.
+cluster_wait_ready() {
+  local deadline=$((SECONDS + $1))
+  until cluster_ready; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+cluster_create() {
+  local nodes=() port t0 log_file="$state/log/redis-cluster-create.log"
+  for port in "${cluster_ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+  log "creating the Redis Cluster (3 masters, 3 replicas) on ${nodes[*]}"
+  t0=$(date +%s%N)
+  if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$log_file" 2>&1; then
+    log "redis-cli --cluster create failed; last lines of $log_file:"
+    tail -n 30 "$log_file" >&2
+    return 1
+  fi
+  if ! cluster_wait_ready 30; then
+    log "the Redis Cluster was created but did not become usable within 30 s; see $log_file and $state/log/redis-cluster-*.log"
+    return 1
+  fi
+  log "Redis Cluster created and usable in $((($(date +%s%N) - t0) / 1000000)) ms"
+}
+
+cluster_wipe() {
+  stop_cluster_nodes "${cluster_ports[@]}"
+  rm -rf "$state/redis-cluster"
+  local port
+  for port in "${cluster_ports[@]}"; do start_cluster_node "$port"; done
+}
+
+cluster_up() {
+  local port layout
+  install_redis
+  cluster_node_started=0
+  for port in "${cluster_ports[@]}"; do start_cluster_node "$port"; done
+  layout=$(cluster_layout)
+  case "$layout" in
+    blank) cluster_create ;;
+    stale)
+      log "the Redis Cluster nodes' state in $state/redis-cluster is inconsistent (a node lost its nodes.conf, or a create was interrupted); wiping it and creating the cluster afresh"
+      cluster_wipe
+      cluster_create
+      ;;
+    formed)
+      if cluster_wait_ready 30; then
+        [ "$cluster_node_started" -eq 0 ] || log "Redis Cluster usable again (nodes rejoined from their nodes.conf)"
+      else
+        log "the Redis Cluster nodes know each other but the cluster did not become usable within 30 s; wiping $state/redis-cluster and creating it afresh"
+        cluster_wipe
+        cluster_create
+      fi
+      ;;
+  esac
+  [ "$cluster_node_started" -eq 0 ] || started+=(redis-cluster)
+}
+
+cluster_url() {
+  echo "redis+cluster://127.0.0.1:${cluster_ports[0]},127.0.0.1:${cluster_ports[1]},127.0.0.1:${cluster_ports[2]}"
+}
+
+cluster_status() {
+  local port alive=0 answering="" masters
+  for port in "${cluster_ports[@]}"; do
+    cluster_node_alive "$port" || continue
+    alive=$((alive + 1))
+    [ -n "$answering" ] || answering=$port
+  done
+  if [ "$alive" -eq 0 ]; then
+    echo "redis-cluster: down"
+    return 0
+  fi
+  masters=$(cluster_cli "$answering" cluster nodes |
+    awk '$3 ~ /master/ && $3 !~ /fail/ && NF > 8 { sub(/@.*/, "", $2); sub(/.*:/, "", $2); print $2 }' | sort | tr '\n' ' ')
+  echo "redis-cluster: $alive/6 nodes up on 127.0.0.1:${cluster_ports[0]}-${cluster_ports[5]}" \
+    "($(cluster_cli "$answering" cluster info | grep '^cluster_state:' || echo 'cluster_state:?')," \
+    "masters on ${masters% }; $(cluster_url))"
+}
+
 started=()
 case "${1:-up}" in
   up)
@@ -315,12 +564,13 @@ case "${1:-up}" in
     ;;
   down)
     shift
-    names=" ${*:-ferretdb postgresql redis} "
+    names=" ${*:-ferretdb postgresql redis redis-cluster} "
     # FerretDB before the PostgreSQL it uses, whatever the order given.
-    for n in ferretdb postgresql redis; do
+    for n in ferretdb postgresql redis redis-cluster; do
       case "$names" in *" $n "*) ;; *) continue ;; esac
       case "$n" in
         redis) stop_one redis redis-server ;;
+        redis-cluster) stop_cluster_nodes "${cluster_ports[@]}" ;;
         postgresql) stop_postgresql ;;
         *) stop_one "$n" ;;
       esac
@@ -338,9 +588,26 @@ case "${1:-up}" in
       echo "postgresql: down"
     fi
     port_open "$redis_port" && echo "redis: up on 127.0.0.1:$redis_port" || echo "redis: down"
+    cluster_status
+    ;;
+  cluster-up)
+    cluster_up
+    echo "${started[*]:-}"
+    ;;
+  cluster-url)
+    cluster_url
+    ;;
+  cluster-node-start)
+    case " ${cluster_ports[*]} " in
+      *" ${2:-} "*) start_cluster_node "$2" ;;
+      *)
+        echo "usage: $0 cluster-node-start PORT (one of ${cluster_ports[*]})" >&2
+        exit 2
+        ;;
+    esac
     ;;
   *)
-    echo "usage: $0 up|down|status|ferretdb-bin" >&2
+    echo "usage: $0 up|down [NAME..]|status|ferretdb-bin|cluster-up|cluster-url|cluster-node-start PORT" >&2
     exit 2
     ;;
 esac
