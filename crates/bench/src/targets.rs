@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 use bson::{doc, Document};
 use mongodb::Collection;
 use platform::RedactedUrl;
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
 /// Authors the created books are spread over.
@@ -205,7 +204,7 @@ pub(crate) struct Drivers {
     pub(crate) scratch: Collection<Document>,
     /// The read model's books.
     pub(crate) read_books: Collection<Document>,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: platform::RedisConnection,
     /// A scratch stream, deleted at the end.
     pub(crate) scratch_stream: Arc<str>,
     pub(crate) cache_prefix: Arc<str>,
@@ -225,13 +224,13 @@ impl Drivers {
         let mongo =
             platform::connect::mongo_client(&RedactedUrl::new(mongo_url), "bench", timeout, true)
                 .await?;
-        let redis = platform::connect::redis_client(&RedactedUrl::new(redis_url))?;
+        let redis = platform::RedisClient::open(&RedactedUrl::new(redis_url))?;
         Ok(Self {
             scratch: mongo
                 .database(write_db)
                 .collection(&format!("bench_floor_{run}")),
             read_books: mongo.database(read_db).collection("books"),
-            redis: platform::connect::redis_manager(&redis, timeout)?,
+            redis: redis.shared(timeout)?,
             scratch_stream: Arc::from(format!("bench:floor:{run}")),
             cache_prefix: Arc::from(cache_prefix),
         })

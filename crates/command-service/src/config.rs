@@ -22,8 +22,11 @@ pub struct Settings {
     pub database: String,
     /// Redis connection string (`REDIS_URL`).
     pub redis_url: RedactedUrl,
-    /// Stream the events are appended to (`EVENTS_STREAM`, default `books:events`).
+    /// Stream the events are appended to (`EVENTS_STREAM`, default
+    /// `books:events`), split into `EVENTS_PARTITIONS` streams (default 1),
+    /// tagged for a Redis Cluster when `REDIS_URL` is `redis+cluster://`.
     pub stream: String,
+    pub partitions: usize,
     /// How long a MongoDB or Redis operation may wait for its server
     /// (`DEPENDENCY_TIMEOUT_MS`, default 2000).
     pub dependency_timeout: Duration,
@@ -73,6 +76,7 @@ impl Settings {
             database: env::string("WRITE_DB_NAME", "books_write"),
             redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
             stream: env::string("EVENTS_STREAM", "books:events"),
+            partitions: env::parse("EVENTS_PARTITIONS", 1)?,
             dependency_timeout: env::millis("DEPENDENCY_TIMEOUT_MS", 2000)?,
             mongo_command_metrics: env::parse("MONGO_COMMAND_METRICS", false)?,
             shutdown_timeout: env::millis("SHUTDOWN_TIMEOUT_MS", 10_000)?,

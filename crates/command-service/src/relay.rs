@@ -8,8 +8,10 @@ use std::{sync::Arc, time::Duration};
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use futures::{future::BoxFuture, FutureExt};
-use platform::{backoff::Backoff, error::Failure, lease::Lease, mongo::bounded};
-use redis::aio::ConnectionManager;
+use platform::{
+    backoff::Backoff, error::Failure, lease::Lease, mongo::bounded, stream::Partitions,
+    RedisConnection,
+};
 use serde::Deserialize;
 use tokio::{
     sync::{mpsc, Notify},
@@ -99,8 +101,8 @@ enum Done {
 /// that died).
 pub struct Relay {
     store: BookStore,
-    redis: ConnectionManager,
-    stream: String,
+    redis: RedisConnection,
+    partitions: Partitions,
     lease: Lease,
     /// How long one MongoDB operation may take.
     timeout: Duration,
@@ -116,13 +118,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay for `settings.stream`, holding its lease for `relay_lease`
-    /// at a time.
+    /// A relay for `settings.stream`'s partitions (tagged on a `cluster`),
+    /// holding its lease for `relay_lease` at a time.
     pub fn new(
         store: BookStore,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         settings: &Settings,
-    ) -> (Self, OutboxNotifier) {
+        cluster: bool,
+    ) -> anyhow::Result<(Self, OutboxNotifier)> {
         let (sender, events) = mpsc::channel(CHANNEL_CAPACITY);
         let missed = Arc::new(Notify::new());
         let (stream, interval) = (&settings.stream, settings.outbox_sweep_interval);
@@ -137,7 +140,7 @@ impl Relay {
                 ObjectId::new().to_hex(),
                 settings.relay_lease,
             ),
-            stream: stream.clone(),
+            partitions: Partitions::new(stream, settings.partitions, cluster)?,
             timeout: settings.dependency_timeout,
             events,
             missed: Arc::clone(&missed),
@@ -146,7 +149,7 @@ impl Relay {
             idle: Backoff::new(interval, idle_max),
             failing: Backoff::new(interval, MAX_BACKOFF),
         };
-        (relay, OutboxNotifier { sender, missed })
+        Ok((relay, OutboxNotifier { sender, missed }))
     }
 
     /// Publishes until `shutdown`: the events handed over as they come, and
@@ -277,23 +280,28 @@ impl Relay {
         }
     }
 
-    /// XADDs and PUBLISHes each event, in order, in one pipeline; how many.
+    /// XADDs each event to its book's partition and PUBLISHes it, in
+    /// order, in one pipeline; how many.
     async fn publish(&mut self, books: &[Pending], via: Via) -> Result<usize, Failure> {
-        let events: Vec<(&'static str, &str)> = books
+        let events: Vec<(&'static str, &str, String)> = books
             .iter()
-            .flat_map(|book| &book.events)
-            .map(|json| (event_type_of(json), json.as_str()))
+            .flat_map(|book| {
+                let stream = self.partitions.stream_of(&book.id.to_hex());
+                book.events
+                    .iter()
+                    .map(move |json| (event_type_of(json), json.as_str(), stream.clone()))
+            })
             .collect();
         if events.is_empty() {
             return Ok(0);
         }
         let mut pipe = redis::pipe();
-        for (event_type, json) in &events {
-            platform::stream::append(&mut pipe, &self.stream, event_type, json);
+        for (event_type, json, stream) in &events {
+            platform::stream::append(&mut pipe, stream, event_type, json);
             pipe.cmd("PUBLISH").arg(*event_type).arg(*json).ignore();
         }
         pipe.query_async::<()>(&mut self.redis).await?;
-        for (event_type, _) in &events {
+        for (event_type, ..) in &events {
             metrics::event_published(event_type, via);
         }
         Ok(events.len())

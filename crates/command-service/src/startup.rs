@@ -48,10 +48,15 @@ impl Application {
             .await
             .with_context(|| format!("cannot reach MongoDB at {}", settings.mongo_url))?;
 
-        let redis_client = platform::connect::redis_client(&settings.redis_url)?;
-        let redis = platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?;
+        let redis_client = platform::RedisClient::open(&settings.redis_url)?;
+        let redis = redis_client.shared(settings.dependency_timeout)?;
 
-        let (relay, outbox) = Relay::new(store.clone(), redis.clone(), &settings);
+        let (relay, outbox) = Relay::new(
+            store.clone(),
+            redis.clone(),
+            &settings,
+            redis_client.is_cluster(),
+        )?;
         let stop = Stop {
             token: CancellationToken::new(),
             drain: settings.shutdown_drain,

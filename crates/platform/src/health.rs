@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
+use crate::connect::RedisConnection;
 use axum::{
     extract::{FromRef, State},
     http::StatusCode,
     Json,
 };
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -28,7 +28,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Dependencies {
     pub mongo: mongodb::Database,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     /// Each background worker the service needs running, by check name.
     pub workers: Vec<(&'static str, WorkerStatus)>,
     /// The server's stop token: once cancelled, the service is not ready.
@@ -136,7 +136,7 @@ async fn mongo_up(db: &mongodb::Database) -> bool {
 }
 
 /// Whether Redis answers a `PING` in time.
-async fn redis_up(redis: &mut redis::aio::ConnectionManager) -> bool {
+async fn redis_up(redis: &mut RedisConnection) -> bool {
     let cmd = redis::cmd("PING");
     let ping = cmd.query_async::<String>(redis);
     matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)))

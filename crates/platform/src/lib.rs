@@ -21,6 +21,6 @@ pub mod stream;
 pub mod telemetry;
 pub mod trace;
 
-pub use connect::RedactedUrl;
+pub use connect::{RedactedUrl, RedisClient, RedisConnection};
 pub use error::ApiError;
 pub use problem::Problem;

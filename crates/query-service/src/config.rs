@@ -33,8 +33,11 @@ pub struct Settings {
     pub generation_refresh: Duration,
     /// Redis connection string (`REDIS_URL`).
     pub redis_url: RedactedUrl,
-    /// Stream the events are read from (`EVENTS_STREAM`, default `books:events`).
+    /// Stream the events are read from (`EVENTS_STREAM`, default
+    /// `books:events`), split into `EVENTS_PARTITIONS` streams (default 1),
+    /// tagged for a Redis Cluster when `REDIS_URL` is `redis+cluster://`.
     pub stream: String,
+    pub partitions: usize,
     /// Consumer group shared by every replica (`CONSUMER_GROUP`, default `query-service`).
     pub group: String,
     /// This replica's name in the group; keep it stable across restarts so a
@@ -42,7 +45,7 @@ pub struct Settings {
     /// (`CONSUMER_NAME`, default the host name).
     pub consumer: String,
     /// Where events that can never be applied go (`DEAD_LETTER_STREAM`,
-    /// default `<EVENTS_STREAM>:dead`).
+    /// default `<EVENTS_STREAM>:dead`; one per partition, tagged like it).
     pub dead_letter_stream: String,
     /// Most events read per batch (`CONSUMER_BATCH`, default 256).
     pub batch: usize,
@@ -70,7 +73,7 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// How many cached books each process also keeps in memory, kept
     /// coherent by Redis's key tracking (`CACHE_LOCAL_ENTRIES`, default
-    /// 10000; 0 reads every hit from Redis).
+    /// 10000; 0 reads every hit from Redis; off on a Redis Cluster).
     pub cache_local_entries: usize,
     /// How long `GET /books/{id}?minVersion=N` waits for version N before
     /// answering 503 (`READ_YOUR_WRITES_TIMEOUT_MS`, default 1000).
@@ -104,6 +107,7 @@ impl Settings {
             redis_url: RedactedUrl::new(env::string("REDIS_URL", "redis://127.0.0.1:6379")),
             dead_letter_stream: env::string("DEAD_LETTER_STREAM", &format!("{stream}:dead")),
             stream,
+            partitions: env::parse("EVENTS_PARTITIONS", 1)?,
             group: env::string("CONSUMER_GROUP", "query-service"),
             consumer: env::string("CONSUMER_NAME", &env::string("HOSTNAME", "query-service-1")),
             batch: env::parse("CONSUMER_BATCH", 256)?,

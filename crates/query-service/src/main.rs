@@ -50,12 +50,12 @@ async fn main() -> anyhow::Result<()> {
     // Repairs go through the event stream, to every replica.
     let emit = Repair::Emit {
         redis: servers.redis.clone(),
-        stream: settings.stream.clone(),
+        partitions: servers.partitions.clone(),
         settle: SETTLE,
     };
     let dead_letters = DeadLetters {
         redis: servers.redis,
-        stream: settings.stream.clone(),
+        partitions: servers.partitions.clone(),
         dead_letter_stream: settings.dead_letter_stream.clone(),
     };
     match command {

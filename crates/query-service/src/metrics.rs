@@ -8,8 +8,9 @@ use std::{future::Future, pin::Pin, time::Duration};
 use platform::{
     health::WorkerStatus,
     metrics::{Collector, Gauge},
+    RedisConnection,
 };
-use redis::{aio::ConnectionManager, streams::StreamInfoGroupsReply};
+use redis::streams::StreamInfoGroupsReply;
 
 const CONSUMED: &str = "books_events_consumed_total";
 const APPLIED: &str = "books_events_applied_total";
@@ -143,30 +144,35 @@ pub fn local_copy_counters() -> (metrics::Counter, metrics::Counter) {
 /// Reads, at each scrape, the consumer group's figures (XINFO GROUPS) and
 /// whether this replica's consumer runs.
 pub struct ConsumerGroup {
-    pub redis: ConnectionManager,
-    pub stream: String,
+    pub redis: RedisConnection,
+    /// Every partition's stream.
+    pub streams: Vec<String>,
     pub group: String,
     pub consumer: WorkerStatus,
 }
 
 impl ConsumerGroup {
-    /// The group's lag (`None` when Redis cannot tell, e.g. after entries
-    /// were deleted from the middle of the stream) and pending count.
+    /// The group's lag over every partition (`None` when Redis cannot tell
+    /// for one, e.g. after entries were deleted from the middle of its
+    /// stream) and pending count.
     async fn figures(&self) -> anyhow::Result<(Option<usize>, usize)> {
-        let mut redis = self.redis.clone();
-        let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(&mut redis)
-            .await?;
-        let group = reply
-            .groups
-            .into_iter()
-            .find(|group| group.name == self.group)
-            .ok_or_else(|| {
-                anyhow::anyhow!("no consumer group {} on {}", self.group, self.stream)
-            })?;
-        Ok((group.lag, group.pending))
+        let (mut lag, mut pending) = (Some(0), 0);
+        for stream in &self.streams {
+            let mut redis = self.redis.clone();
+            let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut redis)
+                .await?;
+            let group = reply
+                .groups
+                .into_iter()
+                .find(|group| group.name == self.group)
+                .ok_or_else(|| anyhow::anyhow!("no consumer group {} on {stream}", self.group))?;
+            lag = lag.zip(group.lag).map(|(sum, lag)| sum + lag);
+            pending += group.pending;
+        }
+        Ok((lag, pending))
     }
 }
 

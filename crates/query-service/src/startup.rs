@@ -2,7 +2,12 @@
 //! until a signal or a cancellation stops it, then waits for the consumer
 //! to finish its batch.
 
-use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
 
 use platform::{
     document::BookDocument,
@@ -10,6 +15,7 @@ use platform::{
     lease::Lease,
     metrics::Scrape,
     server::{HttpServer, Stop},
+    stream::Partitions,
 };
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +53,7 @@ impl Application {
             write_books,
             redis_client,
             redis,
+            partitions,
         } = Servers::open(&settings).await?;
         let generation = ActiveGeneration::new(&read_db);
         let books = Books::on(generation.clone());
@@ -57,19 +64,28 @@ impl Application {
             settings.cache_ttl,
         );
         if let Some(entries) = NonZeroUsize::new(settings.cache_local_entries) {
-            let local = LocalCopy::new(&redis_client, settings.dependency_timeout, entries)?;
-            cache = cache.with_local_copy(Arc::new(local));
+            // Key tracking is per connection, and a cluster's keys live on
+            // several servers: there, hits are read from Redis.
+            match redis_client.node() {
+                Some(node) => {
+                    let local = LocalCopy::new(node, settings.dependency_timeout, entries)?;
+                    cache = cache.with_local_copy(Arc::new(local));
+                }
+                None => tracing::info!(
+                    "CACHE_LOCAL_ENTRIES is ignored on a Redis Cluster: cache hits are read from Redis"
+                ),
+            }
         }
 
-        let group_created = Arc::new(Notify::new());
+        let events_lost = Arc::new(Notify::new());
         let reconciler = Reconciler {
             write_books,
             read_model: books.clone(),
             redis: redis.clone(),
-            stream: settings.stream.clone(),
+            partitions: partitions.clone(),
             group: settings.group.clone(),
             interval: settings.reconcile_interval,
-            wake: group_created.clone(),
+            wake: events_lost.clone(),
             lease: Lease::new(
                 format!("{}:reconcile-lease", settings.stream),
                 format!("{}:{}", settings.consumer, bson::oid::ObjectId::new()),
@@ -79,17 +95,19 @@ impl Application {
         let (batches, batches_seen) = watch::channel(0);
         let consumer_status = WorkerStatus::default();
         let consumer = Consumer {
-            stream: EventStream {
-                client: redis_client,
-                stream: settings.stream.clone(),
-                group: settings.group.clone(),
-                consumer: settings.consumer.clone(),
-                dead_letter_stream: settings.dead_letter_stream.clone(),
-                batch: settings.batch,
-                block: settings.block,
-                timeout: settings.dependency_timeout,
-                claim_idle: settings.claim_idle,
-            },
+            streams: (0..partitions.count())
+                .map(|partition| EventStream {
+                    client: redis_client.clone(),
+                    stream: partitions.stream(partition),
+                    group: settings.group.clone(),
+                    consumer: settings.consumer.clone(),
+                    dead_letter_stream: partitions.key(&settings.dead_letter_stream, partition),
+                    batch: settings.batch,
+                    block: settings.block,
+                    timeout: settings.dependency_timeout,
+                    claim_idle: settings.claim_idle,
+                })
+                .collect(),
             projector: Projector {
                 books: books.clone(),
                 summaries: summaries.clone(),
@@ -99,8 +117,11 @@ impl Application {
             batches,
             max_deliveries: settings.max_deliveries.max(1),
             trim_interval: settings.trim_interval,
-            group_created,
+            events_lost,
             status: consumer_status.clone(),
+            partitions_up: (0..partitions.count())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         };
         let stop = Stop {
             token: CancellationToken::new(),
@@ -118,7 +139,7 @@ impl Application {
             read_your_writes_timeout: settings.read_your_writes_timeout,
             scrape: Scrape::new(ConsumerGroup {
                 redis: redis.clone(),
-                stream: settings.stream.clone(),
+                streams: partitions.streams(),
                 group: settings.group.clone(),
                 consumer: consumer_status.clone(),
             }),
@@ -205,8 +226,10 @@ pub struct Servers {
     pub read_db: mongodb::Database,
     /// The write model's books, which reconciliation reads.
     pub write_books: mongodb::Collection<BookDocument>,
-    pub redis_client: redis::Client,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis_client: platform::RedisClient,
+    pub redis: platform::RedisConnection,
+    /// The event stream's partitions, with their names on this Redis.
+    pub partitions: Partitions,
 }
 
 impl Servers {
@@ -226,14 +249,21 @@ impl Servers {
         } else {
             mongo(&settings.write_mongo_url).await?
         };
-        let redis_client = platform::connect::redis_client(&settings.redis_url)?;
+        let redis_client = platform::RedisClient::open(&settings.redis_url)?;
+        let partitions = Partitions::new(
+            &settings.stream,
+            settings.partitions,
+            redis_client.is_cluster(),
+        )?;
+        partitions.check_name(&settings.dead_letter_stream)?;
         Ok(Self {
             read_db: read_client.database(&settings.database),
             write_books: write_client
                 .database(&settings.write_database)
                 .collection("books"),
-            redis: platform::connect::redis_manager(&redis_client, settings.dependency_timeout)?,
+            redis: redis_client.shared(settings.dependency_timeout)?,
             redis_client,
+            partitions,
         })
     }
 }

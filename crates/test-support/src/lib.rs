@@ -58,11 +58,13 @@ pub async fn mongo_database(name: &str) -> mongodb::Database {
     client.database(name)
 }
 
-/// A connection to the tests' Redis, for assertions and injected entries.
-pub async fn redis_connection() -> redis::aio::ConnectionManager {
-    let client = redis::Client::open(servers().await.redis_url.as_str()).expect("a Redis URL");
-    redis::aio::ConnectionManager::new(client)
-        .await
+/// A connection to the tests' Redis (one server or a cluster), for
+/// assertions and injected entries.
+pub async fn redis_connection() -> platform::RedisConnection {
+    let url = platform::RedactedUrl::new(servers().await.redis_url.as_str());
+    platform::RedisClient::open(&url)
+        .expect("a Redis URL")
+        .shared(std::time::Duration::from_secs(5))
         .expect("a Redis connection")
 }
 

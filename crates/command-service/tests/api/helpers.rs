@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use command_service::{auth::ApiTokens, config::Settings, startup::Application};
 use futures::TryStreamExt;
 use platform::RedactedUrl;
-use redis::{aio::ConnectionManager, streams::StreamRangeReply};
+use platform::RedisConnection;
+use redis::streams::StreamRangeReply;
 use serde_json::Value;
 use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
 
@@ -20,7 +21,7 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     pub(crate) http: reqwest::Client,
     pub(crate) db: mongodb::Database,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: RedisConnection,
     pub(crate) settings: Settings,
     app: RunningApp,
 }
@@ -37,6 +38,7 @@ pub(crate) async fn test_settings() -> Settings {
         database: unique("cmd"),
         redis_url: RedactedUrl::new(servers.redis_url.clone()),
         stream: unique("events"),
+        partitions: 1,
         dependency_timeout: Duration::from_secs(1),
         mongo_command_metrics: true,
         shutdown_timeout: Duration::from_secs(10),

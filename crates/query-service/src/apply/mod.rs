@@ -7,7 +7,13 @@
 pub mod projector;
 pub mod stream;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use platform::{backoff::Backoff, error::Failure, health::WorkerStatus};
 use tokio::{
@@ -24,9 +30,12 @@ use crate::metrics::{self, DeadLetterReason, FailureCause};
 
 /// The shortest wait between two looks for abandoned entries.
 const CLAIM_EVERY_AT_LEAST: Duration = Duration::from_millis(100);
+/// How often a session asks which server holds its partition.
+const SERVER_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Consumer {
-    pub stream: EventStream,
+    /// One per partition of the stream, each read by a loop of its own.
+    pub streams: Vec<EventStream>,
     pub projector: Projector,
     /// Bumped after every batch: reads waiting for a version look again.
     pub batches: watch::Sender<u64>,
@@ -35,12 +44,16 @@ pub struct Consumer {
     /// How often the stream is trimmed of what every group acknowledged;
     /// zero never trims.
     pub trim_interval: Duration,
-    /// Notified when the group had to be created: after the first start,
-    /// Redis lost it, and possibly events with it.
-    pub group_created: Arc<Notify>,
-    /// Up once a read succeeded, down while a session fails: what readiness
-    /// and `/metrics` say of the consumer.
+    /// Notified when Redis may have lost events: a partition's group had to
+    /// be created (after the first start, Redis lost it), or another server
+    /// holds a partition than before (a restart or a failover, which may
+    /// lose what was acknowledged last).
+    pub events_lost: Arc<Notify>,
+    /// Up once every partition's read succeeded, down while one's session
+    /// fails: what readiness and `/metrics` say of the consumer.
     pub status: WorkerStatus,
+    /// Each partition's own status, which `status` sums up.
+    pub partitions_up: Vec<AtomicBool>,
 }
 
 impl Consumer {
@@ -48,19 +61,29 @@ impl Consumer {
     /// model's indexes are readied beside, so consuming never waits for a
     /// MongoDB that is down at start.
     pub async fn run(self, shutdown: CancellationToken) {
-        tokio::join!(self.consume(&shutdown), self.prepare(&shutdown));
+        let partitions =
+            (0..self.streams.len()).map(|partition| self.consume(partition, &shutdown));
+        tokio::join!(
+            futures::future::join_all(partitions),
+            self.prepare(&shutdown)
+        );
         tracing::info!("event consumer stopped");
     }
 
-    async fn consume(&self, shutdown: &CancellationToken) {
+    async fn consume(&self, partition: usize, shutdown: &CancellationToken) {
+        let stream = &self.streams[partition];
         let mut reconnect = Backoff::DEPENDENCY;
+        let mut server = None;
         while !shutdown.is_cancelled() {
-            let Err(error) = self.session(shutdown, &mut reconnect).await else {
+            let Err(error) = self
+                .session(partition, &mut server, shutdown, &mut reconnect)
+                .await
+            else {
                 return;
             };
-            self.status.down();
+            self.partition_up(partition, false);
             let wait = reconnect.next_delay();
-            tracing::warn!(error = format!("{error:#}"), retry_in = ?wait, "event consumer failed");
+            tracing::warn!(error = format!("{error:#}"), stream = %stream.stream, retry_in = ?wait, "event consumer failed");
             if !sleep(shutdown, wait).await {
                 return;
             }
@@ -86,24 +109,65 @@ impl Consumer {
         }
     }
 
-    /// One connected session: our own pending entries first (delivered
-    /// before, never acknowledged), then new ones. Returns `Ok` on shutdown.
+    /// Records whether `partition`'s session reads, and sums the
+    /// partitions up in `status`.
+    fn partition_up(&self, partition: usize, up: bool) {
+        self.partitions_up[partition].store(up, Ordering::Relaxed);
+        if self
+            .partitions_up
+            .iter()
+            .all(|up| up.load(Ordering::Relaxed))
+        {
+            self.status.up();
+        } else {
+            self.status.down();
+        }
+    }
+
+    /// Notes the run id of the server holding the partition; a change from
+    /// `server` (the last one seen) means Redis may have lost events.
+    async fn check_server(
+        &self,
+        session: &mut Session<'_>,
+        server: &mut Option<String>,
+    ) -> Result<(), Failure> {
+        let now = session.server_id().await?;
+        if server.as_ref().is_some_and(|before| *before != now) {
+            tracing::warn!(stream = %session.stream_name(), server = %now, "another Redis server holds the partition now (a restart or a failover): reconciling");
+            self.events_lost.notify_one();
+        }
+        *server = Some(now);
+        Ok(())
+    }
+
+    /// One connected session of `partition`: our own pending entries first
+    /// (delivered before, never acknowledged), then new ones. Returns `Ok`
+    /// on shutdown.
     async fn session(
         &self,
+        partition: usize,
+        server: &mut Option<String>,
         shutdown: &CancellationToken,
         reconnect: &mut Backoff,
     ) -> Result<(), Failure> {
-        let (mut session, created) = self.stream.connect().await?;
+        let stream = &self.streams[partition];
+        let (mut session, created) = stream.connect().await?;
         if created {
-            tracing::info!(stream = %self.stream.stream, group = %self.stream.group, "consumer group created");
-            self.group_created.notify_one();
+            tracing::info!(stream = %stream.stream, group = %stream.group, "consumer group created");
+            self.events_lost.notify_one();
         }
+        self.check_server(&mut session, server).await?;
         reconnect.reset();
         let mut cursor = Cursor::pending();
         let mut retry = Backoff::DEPENDENCY;
         let mut next_claim = Instant::now();
         let mut next_trim = Instant::now() + self.trim_interval;
+        let mut next_server_check = Instant::now() + SERVER_CHECK_EVERY;
         loop {
+            if Instant::now() >= next_server_check {
+                next_server_check = Instant::now() + SERVER_CHECK_EVERY;
+                self.check_server(&mut session, server).await?;
+            }
             if !self.trim_interval.is_zero() && Instant::now() >= next_trim {
                 next_trim = Instant::now() + self.trim_interval;
                 // Housekeeping: a failure must not stop the events.
@@ -116,8 +180,7 @@ impl Consumer {
                 }
             }
             if cursor == Cursor::New && Instant::now() >= next_claim {
-                next_claim =
-                    Instant::now() + (self.stream.claim_idle / 2).max(CLAIM_EVERY_AT_LEAST);
+                next_claim = Instant::now() + (stream.claim_idle / 2).max(CLAIM_EVERY_AT_LEAST);
                 let claimed = session.claim_abandoned().await?;
                 if claimed > 0 {
                     tracing::info!(claimed, "claimed entries another consumer left pending");
@@ -129,7 +192,7 @@ impl Consumer {
                 () = shutdown.cancelled() => return Ok(()),
                 read = session.read(&cursor) => read?,
             };
-            self.status.up();
+            self.partition_up(partition, true);
             metrics::events_consumed(deliveries.len());
             let Some(last) = deliveries.last().map(|d| d.id.clone()) else {
                 if cursor != Cursor::New {
@@ -174,7 +237,7 @@ impl Consumer {
             .filter_map(|d| Some((d.id.as_str(), d.event.as_ref().ok()?)))
             .collect();
         let mut outcomes = self.projector.apply(&events).await.into_iter();
-        let mut settlements = Settlements::new(&self.stream);
+        let mut settlements = Settlements::new(session.stream());
         let mut first_failure = None;
         for delivery in deliveries {
             let outcome = match &delivery.event {

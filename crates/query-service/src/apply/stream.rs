@@ -6,10 +6,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use domain::BookEvent;
+use platform::{RedisClient, RedisConnection};
 use redis::{
-    aio::MultiplexedConnection,
     streams::{StreamId, StreamPendingCountReply, StreamReadReply},
-    AsyncConnectionConfig, Value,
+    Value,
 };
 
 use crate::metrics::{self, DeadLetterReason};
@@ -38,9 +38,17 @@ if keep == nil or keep == '0-0' then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 ";
 
-/// The consumer group's stream, as one consumer of the group sees it.
+/// The run id of the server that holds KEYS[1]: another one after a
+/// restart or a failover, which may have lost what it acknowledged.
+const SERVER_ID: &str = r"
+return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+";
+
+/// One partition of the consumer group's stream, as one consumer of the
+/// group sees it.
 pub struct EventStream {
-    pub client: redis::Client,
+    pub client: RedisClient,
+    /// The partition's stream.
     pub stream: String,
     pub group: String,
     pub consumer: String,
@@ -108,7 +116,7 @@ impl Delivery {
 /// One connected session of the consumer.
 pub struct Session<'a> {
     stream: &'a EventStream,
-    connection: MultiplexedConnection,
+    connection: RedisConnection,
 }
 
 impl EventStream {
@@ -116,13 +124,7 @@ impl EventStream {
     /// does not have it; also says whether it had to.
     pub async fn connect(&self) -> redis::RedisResult<(Session<'_>, bool)> {
         // A blocking read holds the connection for up to `block`.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.block + self.timeout));
-        let mut connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut connection = self.client.dedicated(self.timeout, self.block).await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -144,7 +146,16 @@ impl EventStream {
     }
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// The partition this session reads.
+    pub fn stream(&self) -> &'a EventStream {
+        self.stream
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream.stream
+    }
+
     /// Up to a batch of entries from `cursor`; a read of new entries waits
     /// up to `block` for one.
     pub async fn read(&mut self, cursor: &Cursor) -> redis::RedisResult<Vec<Delivery>> {
@@ -236,6 +247,16 @@ impl Session<'_> {
             }
             start = next;
         }
+    }
+
+    /// The run id of the Redis server that holds the partition now.
+    pub async fn server_id(&mut self) -> redis::RedisResult<String> {
+        redis::cmd("EVAL")
+            .arg(SERVER_ID)
+            .arg(1)
+            .arg(&self.stream.stream)
+            .query_async(&mut self.connection)
+            .await
     }
 
     /// Removes every entry every group has acknowledged.

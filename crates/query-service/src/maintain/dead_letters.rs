@@ -1,10 +1,12 @@
-//! The dead-letter stream, for operators: what is there and why, and a
-//! re-drive that appends entries to the event stream again once their
-//! cause is fixed (`query-service dead-letters`, `query-service redrive`).
+//! The dead-letter streams (one per partition of the event stream), for
+//! operators: what is there and why, and a re-drive that appends entries
+//! to their partition again once their cause is fixed
+//! (`query-service dead-letters`, `query-service redrive`).
 
 use std::collections::BTreeMap;
 
-use redis::{aio::ConnectionManager, streams::StreamRangeReply, Value};
+use platform::{stream::Partitions, RedisConnection};
+use redis::{streams::StreamRangeReply, Value};
 use serde::Serialize;
 
 /// Fields the consumer adds to a dead letter; the others are the original
@@ -16,8 +18,10 @@ const REASON: &str = "reason";
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
-    /// Its id in the dead-letter stream.
+    /// Its id in its partition's dead-letter stream.
     pub id: String,
+    /// The partition of the event stream it came from.
+    pub partition: usize,
     /// The id the entry had in the event stream.
     pub source_id: String,
     /// Why it was given up.
@@ -27,17 +31,26 @@ pub struct DeadLetter {
 }
 
 pub struct DeadLetters {
-    pub redis: ConnectionManager,
-    pub stream: String,
+    pub redis: RedisConnection,
+    pub partitions: Partitions,
+    /// The dead-letter stream's name, before each partition's tag.
     pub dead_letter_stream: String,
 }
 
 impl DeadLetters {
-    /// Every dead letter, oldest first.
+    /// Every dead letter, oldest first in each partition.
     pub async fn list(&self) -> redis::RedisResult<Vec<DeadLetter>> {
+        let mut letters = Vec::new();
+        for partition in 0..self.partitions.count() {
+            letters.extend(self.list_partition(partition).await?);
+        }
+        Ok(letters)
+    }
+
+    async fn list_partition(&self, partition: usize) -> redis::RedisResult<Vec<DeadLetter>> {
         let mut redis = self.redis.clone();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&self.dead_letter_stream)
+            .arg(self.partitions.key(&self.dead_letter_stream, partition))
             .arg("-")
             .arg("+")
             .query_async(&mut redis)
@@ -52,6 +65,7 @@ impl DeadLetters {
                 };
                 let mut letter = DeadLetter {
                     id: entry.id,
+                    partition,
                     source_id: String::new(),
                     reason: String::new(),
                     fields: BTreeMap::new(),
@@ -71,8 +85,8 @@ impl DeadLetters {
     }
 
     /// Appends the dead letters with these ids (all when `ids` is empty)
-    /// to the event stream again and removes them from the dead-letter
-    /// stream, each atomically and only if this call removed it (so two
+    /// to their partition of the event stream again and removes them from
+    /// the dead-letter stream, each atomically and only if this call removed it (so two
     /// concurrent re-drives do not append one letter twice); returns how
     /// many were re-driven. Unknown ids are an error, before anything moves.
     pub async fn redrive(&self, ids: &[String]) -> anyhow::Result<usize> {
@@ -96,8 +110,11 @@ impl DeadLetters {
             move_back
                 .arg(MOVE_BACK)
                 .arg(2)
-                .arg(&self.dead_letter_stream)
-                .arg(&self.stream)
+                .arg(
+                    self.partitions
+                        .key(&self.dead_letter_stream, letter.partition),
+                )
+                .arg(self.partitions.stream(letter.partition))
                 .arg(&letter.id);
             for (name, value) in &letter.fields {
                 move_back.arg(name).arg(value);

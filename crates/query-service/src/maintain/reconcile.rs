@@ -15,8 +15,9 @@ use platform::{
     backoff::Backoff,
     document::{BookDocument, StoredBook},
     lease::Lease,
+    stream::Partitions,
+    RedisConnection,
 };
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,12 +64,12 @@ pub struct Report {
 
 /// How a reconciliation repairs a book.
 pub enum Repair {
-    /// Append the book's current state to the event stream, for the books
-    /// still behind `settle` after they were found behind: their own
-    /// events may just be on the way.
+    /// Append the book's current state to its partition of the event
+    /// stream, for the books still behind `settle` after they were found
+    /// behind: their own events may just be on the way.
     Emit {
-        redis: ConnectionManager,
-        stream: String,
+        redis: RedisConnection,
+        partitions: Partitions,
         settle: Duration,
     },
     /// Write the book's current state into this read model.
@@ -94,7 +95,7 @@ impl Repair {
         match self {
             Repair::Emit {
                 redis,
-                stream,
+                partitions,
                 settle,
             } => {
                 tokio::time::sleep_until(batch.found + *settle).await;
@@ -112,7 +113,7 @@ impl Repair {
                 for event in &events {
                     platform::stream::append(
                         &mut pipe,
-                        stream,
+                        &partitions.stream_of(event.book_id.as_str()),
                         event.event_type.as_str(),
                         &event.to_json(),
                     );
@@ -267,8 +268,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(600);
 pub struct Reconciler {
     pub write_books: Collection<BookDocument>,
     pub read_model: Books,
-    pub redis: ConnectionManager,
-    pub stream: String,
+    pub redis: RedisConnection,
+    pub partitions: Partitions,
     /// The consumer group: a walk waits until it has caught up.
     pub group: String,
     pub interval: Duration,
@@ -280,7 +281,7 @@ impl Reconciler {
     pub async fn run(self, shutdown: CancellationToken) {
         let repair = Repair::Emit {
             redis: self.redis.clone(),
-            stream: self.stream.clone(),
+            partitions: self.partitions.clone(),
             settle: SETTLE,
         };
         let mut backoff = RETRY;
@@ -318,7 +319,7 @@ impl Reconciler {
                 () = shutdown.cancelled() => return,
                 () = next => {}
                 () = self.wake.notified() => {
-                    tracing::info!("the consumer group was created again: reconciling");
+                    tracing::info!("Redis may have lost events: reconciling");
                     must_run = true;
                 }
             }
@@ -366,29 +367,33 @@ enum Walk {
 const BACKLOG_LIMIT: u64 = 256;
 
 impl Reconciler {
-    /// Entries of the stream the group has not read yet (`lag`, when
+    /// Entries of the partitions the group has not read yet (`lag`, when
     /// Redis knows it) plus those it holds pending.
-    async fn backlog(&self, redis: &mut ConnectionManager) -> anyhow::Result<u64> {
-        let groups: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(redis)
-            .await
-        {
-            Ok(groups) => groups,
-            // No stream yet: nothing to wait for.
-            Err(error) if error.code() == Some("ERR") => return Ok(0),
-            Err(error) => return Err(error.into()),
-        };
+    async fn backlog(&self, redis: &mut RedisConnection) -> anyhow::Result<u64> {
         let number = |group: &HashMap<String, redis::Value>, field: &str| match group.get(field) {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
         };
-        Ok(groups
-            .iter()
-            .find(|group| {
-                matches!(group.get("name"), Some(redis::Value::BulkString(name)) if name.as_slice() == self.group.as_bytes())
-            })
-            .map_or(0, |group| number(group, "lag") + number(group, "pending")))
+        let mut backlog = 0;
+        for stream in self.partitions.streams() {
+            let groups: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(redis)
+                .await
+            {
+                Ok(groups) => groups,
+                // No stream yet: nothing to wait for.
+                Err(error) if error.code() == Some("ERR") => continue,
+                Err(error) => return Err(error.into()),
+            };
+            backlog += groups
+                .iter()
+                .find(|group| {
+                    matches!(group.get("name"), Some(redis::Value::BulkString(name)) if name.as_slice() == self.group.as_bytes())
+                })
+                .map_or(0, |group| number(group, "lag") + number(group, "pending"));
+        }
+        Ok(backlog)
     }
 }

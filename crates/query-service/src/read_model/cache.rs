@@ -10,7 +10,8 @@ use axum::body::Bytes;
 use domain::BookId;
 use platform::document::StoredBook;
 
-use redis::{aio::ConnectionManager, Script, Value};
+use platform::RedisConnection;
+use redis::{Script, Value};
 
 use super::local_copy::LocalCopy;
 
@@ -58,7 +59,7 @@ impl From<&StoredBook> for Cached {
 
 #[derive(Clone)]
 pub struct BookCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     /// The process's copy of hot entries, if it keeps one.
     local: Option<Arc<LocalCopy<Cached>>>,
     prefix: String,
@@ -69,7 +70,7 @@ pub struct BookCache {
 const FIELDS: [&str; 3] = ["v", "body", "gone"];
 
 impl BookCache {
-    pub fn new(redis: ConnectionManager, prefix: String, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, prefix: String, ttl: Duration) -> Self {
         Self {
             redis,
             local: None,

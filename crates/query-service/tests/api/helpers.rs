@@ -7,12 +7,9 @@ use std::{net::SocketAddr, time::Duration};
 use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Author, Book, BookDraft, BookEvent, BookId, BookState, EventType};
-use platform::RedactedUrl;
+use platform::{stream::Partitions, RedactedUrl, RedisConnection};
 use query_service::{config::Settings, startup::Application};
-use redis::{
-    aio::ConnectionManager,
-    streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply},
-};
+use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply};
 use serde_json::Value;
 use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
 
@@ -24,7 +21,7 @@ pub(crate) struct TestApp {
     pub(crate) address: SocketAddr,
     pub(crate) http: reqwest::Client,
     pub(crate) db: mongodb::Database,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: RedisConnection,
     pub(crate) settings: Settings,
     app: RunningApp,
 }
@@ -63,6 +60,7 @@ pub(crate) async fn test_settings() -> Settings {
         claim_idle: Duration::from_secs(60),
         max_deliveries: 10,
         trim_interval: Duration::ZERO,
+        partitions: 1,
     }
 }
 
@@ -106,6 +104,12 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// The stream's partitions, as the service names them.
+    pub(crate) fn partitions(&self) -> Partitions {
+        Partitions::new(&self.settings.stream, self.settings.partitions, false)
+            .expect("valid partitions")
+    }
+
     /// The write model the app reconciles with.
     pub(crate) fn write_books(&self) -> mongodb::Collection<bson::Document> {
         self.db
@@ -207,7 +211,7 @@ impl TestApp {
     pub(crate) fn dead_letters(&self) -> query_service::maintain::dead_letters::DeadLetters {
         query_service::maintain::dead_letters::DeadLetters {
             redis: self.redis.clone(),
-            stream: self.settings.stream.clone(),
+            partitions: self.partitions(),
             dead_letter_stream: self.settings.dead_letter_stream.clone(),
         }
     }
@@ -321,7 +325,7 @@ impl TestApp {
 
 /// Appends `event` to `stream` as the command side's relay does.
 pub(crate) async fn xadd_event(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     stream: &str,
     event: &BookEvent,
 ) -> String {
@@ -440,7 +444,7 @@ pub(crate) fn deleted(book: &Book, version: u64) -> BookEvent {
 }
 
 /// Creates consumer group `group` on `stream`, from its first entry.
-pub(crate) async fn create_group(redis: &mut ConnectionManager, stream: &str, group: &str) {
+pub(crate) async fn create_group(redis: &mut RedisConnection, stream: &str, group: &str) {
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

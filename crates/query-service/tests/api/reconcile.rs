@@ -227,7 +227,7 @@ async fn a_rebuild_switches_the_running_service_to_a_new_generation_while_it_ser
         write_books: write_db.collection("books"),
         after_switch: Repair::Emit {
             redis: app.redis.clone(),
-            stream: app.settings.stream.clone(),
+            partitions: app.partitions(),
             settle: Duration::from_millis(200),
         },
         refresh: app.settings.generation_refresh,
