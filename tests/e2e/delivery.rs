@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use test_support::{eventually, TcpProxy};
 
-use crate::helpers::{book, field, spawn_system, spawn_system_with, BULK_DEADLINE, DEADLINE};
+use crate::helpers::{
+    book, field, is_cluster, spawn_system, spawn_system_with, BULK_DEADLINE, DEADLINE,
+};
 
 #[tokio::test]
 async fn books_posted_while_the_query_service_is_down_all_arrive_once_a_new_one_starts() {
@@ -154,6 +156,12 @@ async fn an_entry_that_is_not_an_event_is_dead_lettered_and_does_not_stop_later_
 async fn a_book_posted_while_redis_is_unreachable_is_delivered_once_it_is_reachable_again() {
     // Generous enough for the relay's backoff while Redis is away.
     const OUTAGE_DEADLINE: Duration = Duration::from_secs(20);
+    if is_cluster(&test_support::servers().await.redis_url) {
+        // A cluster sends its clients to each node's own address: a proxy
+        // in front of one cannot cut them off.
+        eprintln!("skipped on a Redis Cluster");
+        return;
+    }
     let proxy = TcpProxy::in_front_of_redis().await;
     let through_proxy = proxy.url();
     let system =

@@ -7,13 +7,10 @@ use std::{fmt::Display, future::Future, time::Duration};
 
 use bson::{doc, oid::ObjectId, Document};
 use command_service::config::Settings as CommandSettings;
-use platform::RedactedUrl;
+use platform::{stream::Partitions, RedactedUrl, RedisConnection};
 use query_service::config::Settings as QuerySettings;
-use redis::{
-    aio::MultiplexedConnection,
-    streams::{
-        StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply,
-    },
+use redis::streams::{
+    StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply, StreamReadReply,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -114,9 +111,13 @@ pub(crate) struct TestSystem {
     pub(crate) write_db: mongodb::Database,
     /// The query service's read model.
     pub(crate) read_db: mongodb::Database,
-    redis: MultiplexedConnection,
+    redis: RedisConnection,
+    /// The events stream's name; with several partitions, or on a Redis
+    /// Cluster, each partition's key is derived from it (see `Partitions`).
     pub(crate) stream: String,
     pub(crate) dead_letter_stream: String,
+    /// The partitions the services use (`EVENTS_PARTITIONS`, `REDIS_URL`).
+    partitions: Partitions,
 }
 
 /// Both services with fresh names and short timings.
@@ -188,11 +189,13 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
     let mongo = mongodb::Client::with_uri_str(&servers.mongo_url)
         .await
         .expect("a MongoDB client");
-    let redis = redis::Client::open(servers.redis_url.as_str())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a Redis connection");
+    let redis = test_support::redis_connection().await;
+    let partitions = Partitions::new(&stream, query.partitions, is_cluster(&servers.redis_url))
+        .expect("valid partitions");
+    assert_eq!(
+        command.partitions, query.partitions,
+        "both services split the stream alike"
+    );
     TestSystem {
         http: authenticated_client(),
         command_url: command_service.url.clone(),
@@ -205,7 +208,13 @@ pub(crate) async fn spawn_system_with(customize: impl FnOnce(&mut CommandSetting
         stream,
         dead_letter_stream: query.dead_letter_stream.clone(),
         query_settings: query,
+        partitions,
     }
+}
+
+/// Whether the tests' Redis is a cluster (a `redis+cluster://` URL).
+pub(crate) fn is_cluster(redis_url: &str) -> bool {
+    redis_url.starts_with("redis+cluster://")
 }
 
 impl TestSystem {
@@ -288,10 +297,14 @@ impl TestSystem {
         self.command.stop().await;
         self.write_db.drop().await.expect("drop the write database");
         self.read_db.drop().await.expect("drop the read database");
-        redis::cmd("DEL")
-            .arg(&self.stream)
-            .arg(&self.dead_letter_stream)
-            .query_async::<()>(&mut self.redis)
+        let mut pipe = redis::pipe();
+        for key in [&self.stream, &self.dead_letter_stream]
+            .into_iter()
+            .flat_map(|base| self.partitions.keys(base))
+        {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis)
             .await
             .expect("delete the streams");
     }
@@ -324,19 +337,25 @@ impl TestSystem {
             .expect("count books")
     }
 
-    /// Every entry of `stream`, oldest first.
+    /// Every entry of `stream` (the events or the dead letters), in each
+    /// of its partitions, oldest first.
     pub(crate) async fn entries(&self, stream: &str) -> Vec<StreamId> {
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XRANGE");
-        reply.ids
+        let mut entries = Vec::new();
+        for key in self.partitions.keys(stream) {
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut self.redis.clone())
+                .await
+                .expect("XRANGE");
+            entries.extend(reply.ids);
+        }
+        entries.sort_by_key(|entry| entry_id(&entry.id));
+        entries
     }
 
-    /// The `bookId` of every event in the events stream, in stream order.
+    /// The `bookId` of every event in the events stream, oldest first.
     pub(crate) async fn streamed_book_ids(&self) -> Vec<String> {
         self.entries(&self.stream)
             .await
@@ -353,12 +372,17 @@ impl TestSystem {
         entries.pop().expect("the events stream has entries").id
     }
 
+    /// How many entries `stream` holds, all partitions together.
     pub(crate) async fn stream_len(&self, stream: &str) -> usize {
-        redis::cmd("XLEN")
-            .arg(stream)
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XLEN")
+        let mut len = 0;
+        for key in self.partitions.keys(stream) {
+            len += redis::cmd("XLEN")
+                .arg(key)
+                .query_async::<usize>(&mut self.redis.clone())
+                .await
+                .expect("XLEN");
+        }
+        len
     }
 
     /// Appends an entry to the events stream, as a producer would, and
@@ -371,12 +395,23 @@ impl TestSystem {
     }
 
     /// Appends entries to the events stream in one MULTI/EXEC, so that the
-    /// consumer reads them in one batch; returns their ids.
+    /// consumer reads them in one batch; returns their ids. They go to the
+    /// partition of the first entry's book (the first partition if it
+    /// names none).
     pub(crate) async fn inject_at_once(&self, entries: &[Vec<(&str, String)>]) -> Vec<String> {
+        let book_id = entries
+            .first()
+            .and_then(|fields| fields.iter().find(|(name, _)| *name == "data"))
+            .and_then(|(_, data)| serde_json::from_str::<Value>(data).ok())
+            .and_then(|event| event["bookId"].as_str().map(str::to_owned));
+        let partition = book_id.map_or(0, |id| self.partitions.of(&id));
         let mut pipe = redis::pipe();
         pipe.atomic();
         for fields in entries {
-            let add = pipe.cmd("XADD").arg(&self.stream).arg("*");
+            let add = pipe
+                .cmd("XADD")
+                .arg(self.partitions.stream(partition))
+                .arg("*");
             for (name, value) in fields {
                 add.arg(*name).arg(value);
             }
@@ -390,44 +425,87 @@ impl TestSystem {
     /// acknowledging any: what a crash between delivery and XACK leaves
     /// behind. Returns how many entries were delivered.
     pub(crate) async fn deliver_without_ack(&self) -> usize {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.query_settings.group)
-            .arg(&self.query_settings.consumer)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut self.redis.clone())
-            .await
-            .expect("XREADGROUP");
-        reply.map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum())
+        let mut delivered = 0;
+        for stream in self.partitions.streams() {
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&self.query_settings.group)
+                .arg(&self.query_settings.consumer)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(&mut self.redis.clone())
+                .await
+                .expect("XREADGROUP");
+            delivered += reply.map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>());
+        }
+        delivered
     }
 
-    /// The query service's consumer group, once it exists.
+    /// The query service's consumer group on each partition, once it
+    /// exists on every one.
+    async fn groups(&self) -> Option<Vec<StreamInfoGroup>> {
+        let mut groups = Vec::new();
+        for stream in self.partitions.streams() {
+            let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut self.redis.clone())
+                .await
+                .ok()?;
+            groups.push(
+                reply
+                    .groups
+                    .into_iter()
+                    .find(|g| g.name == self.query_settings.group)?,
+            );
+        }
+        Some(groups)
+    }
+
+    /// The query service's consumer group, all partitions together: their
+    /// pending entries summed, the newest entry delivered.
     pub(crate) async fn group(&self) -> Option<StreamInfoGroup> {
-        let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(&mut self.redis.clone())
-            .await
-            .ok()?;
-        reply
-            .groups
-            .into_iter()
-            .find(|g| g.name == self.query_settings.group)
+        let groups = self.groups().await?;
+        let mut all = groups.first()?.clone();
+        all.pending = groups.iter().map(|g| g.pending).sum();
+        all.last_delivered_id = groups
+            .iter()
+            .map(|g| g.last_delivered_id.clone())
+            .max_by_key(|id| entry_id(id))
+            .unwrap_or_default();
+        Some(all)
     }
 
     /// Waits until the group has been handed the entry `id` (or a later one)
-    /// and has acknowledged everything it was handed.
+    /// and, in every partition, every entry there is now, and has
+    /// acknowledged everything it was handed.
     pub(crate) async fn await_consumed(&self, id: &str, deadline: Duration) {
         let wanted = entry_id(id);
         eventually(
             &format!("entry {id} to be consumed and acknowledged"),
             deadline,
             || async move {
-                self.group()
-                    .await
-                    .filter(|g| g.pending == 0 && entry_id(&g.last_delivered_id) >= wanted)
+                let groups = self.groups().await?;
+                let mut delivered = (0, 0);
+                for (group, stream) in groups.iter().zip(self.partitions.streams()) {
+                    let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+                        .arg(stream)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1)
+                        .query_async(&mut self.redis.clone())
+                        .await
+                        .ok()?;
+                    let last = entry_id(&group.last_delivered_id);
+                    let caught_up = newest.ids.first().is_none_or(|e| last >= entry_id(&e.id));
+                    if group.pending > 0 || !caught_up {
+                        return None;
+                    }
+                    delivered = delivered.max(last);
+                }
+                (delivered >= wanted).then_some(())
             },
         )
         .await;
