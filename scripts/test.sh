@@ -3,7 +3,9 @@
 # FerretDB (on PostgreSQL) and Redis, starting them first if they are not
 # running and stopping afterwards the ones it started (scripts/servers.sh;
 # tests/database proves that the MongoDB-compatible server on MONGO_URL makes
-# a conditional single-document write atomic), then validates both OpenAPI
+# a conditional single-document write atomic). The end-to-end suite then runs
+# once more on a Redis Cluster (3 masters, 3 replicas) with the stream split
+# into 4 partitions. Then it validates both OpenAPI
 # documents, fuzzes both APIs against them (schemathesis) and runs the
 # Postman collection with newman (with a check that the documents import
 # well into Postman). Extra arguments go to `cargo test` (and skip the
@@ -13,9 +15,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 started=$(scripts/servers.sh up)
+# Only what this run started (`down` with no names stops everything).
 # shellcheck disable=SC2086 # a list of names
-trap 'scripts/servers.sh down $started' EXIT
-[ -n "$started" ] || trap - EXIT
+trap '[ -z "${started// /}" ] || scripts/servers.sh down $started' EXIT
 
 # The fault-injection suite runs FerretDB servers of its own: make sure the
 # binary exists even when the shared server was already running.
@@ -25,6 +27,9 @@ export MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
 export REDIS_URL="redis://127.0.0.1:${REDIS_PORT:-6379}"
 cargo test --workspace --locked "$@"
 if [ "$#" -eq 0 ]; then
+  started="$started $(scripts/servers.sh cluster-up)"
+  REDIS_URL="$(scripts/servers.sh cluster-url)" EVENTS_PARTITIONS=4 \
+    cargo test --locked -p books --test e2e
   scripts/check-openapi.sh
   scripts/fuzz-api.sh
   scripts/postman.sh

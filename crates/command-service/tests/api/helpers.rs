@@ -51,6 +51,12 @@ pub(crate) async fn test_settings() -> Settings {
     }
 }
 
+/// The stream's partitions, as the service names them.
+pub(crate) fn partitions_of(settings: &Settings) -> platform::stream::Partitions {
+    platform::stream::Partitions::new(&settings.stream, settings.partitions, false)
+        .expect("valid partitions")
+}
+
 /// The Redis key of the relay's sweep lease.
 pub(crate) fn lease_key(settings: &Settings) -> String {
     format!("{}:relay-lease", settings.stream)
@@ -67,10 +73,9 @@ pub(crate) async fn spawn_app() -> TestApp {
 /// The service with these settings, whose database and stream are removed
 /// after the test.
 pub(crate) async fn spawn_app_with_cleanup(settings: Settings) -> TestApp {
-    let cleanup = Cleanup::new(
-        vec![settings.database.clone()],
-        vec![settings.stream.clone(), lease_key(&settings)],
-    );
+    let mut keys = partitions_of(&settings).streams();
+    keys.push(lease_key(&settings));
+    let cleanup = Cleanup::new(vec![settings.database.clone()], keys);
     let mut app = spawn_app_with(settings).await;
     app.app.clean_up_after(cleanup);
     app

@@ -10,7 +10,9 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 use test_support::{eventually, TcpProxy};
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, valid_book};
+use crate::helpers::{
+    partitions_of, spawn_app, spawn_app_with, spawn_app_with_cleanup, test_settings, valid_book,
+};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -246,4 +248,58 @@ async fn a_stopping_replica_gives_the_lease_up() {
         .await
         .unwrap();
     assert_eq!(holder, None);
+}
+
+#[tokio::test]
+async fn each_event_goes_to_the_partition_of_its_book_and_nowhere_else() {
+    let mut settings = test_settings().await;
+    settings.partitions = 4;
+    let partitions = partitions_of(&settings);
+    let app = spawn_app_with_cleanup(settings).await;
+
+    let created: Vec<Value> = stream::iter(0..16)
+        .then(|_| app.create_book())
+        .collect()
+        .await;
+
+    let by_partition = eventually("16 events in the partitions", DEADLINE, || {
+        let (partitions, mut redis) = (&partitions, app.redis.clone());
+        async move {
+            let mut by_partition = Vec::new();
+            for stream in partitions.streams() {
+                let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut redis)
+                    .await
+                    .ok()?;
+                let ids: Vec<String> = entries
+                    .ids
+                    .iter()
+                    .map(|entry| {
+                        let data: String = entry.get("data").expect("a data field");
+                        let event: Value = serde_json::from_str(&data).expect("JSON");
+                        event["bookId"].as_str().expect("a bookId").to_owned()
+                    })
+                    .collect();
+                by_partition.push(ids);
+            }
+            (by_partition.iter().map(Vec::len).sum::<usize>() == 16).then_some(by_partition)
+        }
+    })
+    .await;
+    for (partition, ids) in by_partition.iter().enumerate() {
+        for id in ids {
+            assert_eq!(partitions.of(id), partition, "book {id}");
+        }
+    }
+    assert!(
+        by_partition.iter().filter(|ids| !ids.is_empty()).count() > 1,
+        "16 books spread over more than one partition: {by_partition:?}"
+    );
+    for book in &created {
+        let id = book["_id"].as_str().unwrap();
+        assert!(by_partition[partitions.of(id)].iter().any(|i| i == id));
+    }
 }

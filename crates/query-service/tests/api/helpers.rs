@@ -67,11 +67,19 @@ pub(crate) async fn test_settings() -> Settings {
 /// Removes what an app with `settings` leaves on the servers: its database,
 /// streams and cache entries.
 pub(crate) fn cleanup_for(settings: &Settings) -> Cleanup {
+    let partitions = partitions_of(settings);
+    let mut keys = partitions.streams();
+    keys.extend(partitions.keys(&settings.dead_letter_stream));
     Cleanup::new(
         vec![settings.database.clone(), settings.write_database.clone()],
-        vec![settings.stream.clone(), settings.dead_letter_stream.clone()],
+        keys,
     )
     .with_key_prefixes(vec![settings.cache_prefix.clone()])
+}
+
+/// The stream's partitions, as a service with `settings` names them.
+pub(crate) fn partitions_of(settings: &Settings) -> Partitions {
+    Partitions::new(&settings.stream, settings.partitions, false).expect("valid partitions")
 }
 
 /// The service with fresh settings, whose data is removed after the test.
@@ -106,8 +114,7 @@ pub(crate) async fn spawn_app_with(settings: Settings) -> TestApp {
 impl TestApp {
     /// The stream's partitions, as the service names them.
     pub(crate) fn partitions(&self) -> Partitions {
-        Partitions::new(&self.settings.stream, self.settings.partitions, false)
-            .expect("valid partitions")
+        partitions_of(&self.settings)
     }
 
     /// The write model the app reconciles with.

@@ -10,6 +10,7 @@ mod limits;
 mod list;
 mod metrics;
 mod openapi;
+mod partitions;
 mod read_model;
 mod read_your_writes;
 mod reconcile;
