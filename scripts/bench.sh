@@ -12,6 +12,10 @@
 #                                       from scripts/servers.sh, the services on
 #                                       free ports with databases of their own),
 #                                       stop it afterwards
+#   scripts/bench.sh --start --cluster [OPTIONS]
+#                                       ... with Redis a 3-master cluster
+#                                       (scripts/servers.sh cluster-up); set
+#                                       EVENTS_PARTITIONS to split the stream
 #
 # OPTIONS go to the harness: --smoke (every path once, briefly),
 # --duration-secs N (per run, default 5), --concurrency 1,16,64,
@@ -26,9 +30,14 @@ profile="${PROFILE:-release}"
 target_dir="release"
 [ "$profile" = "release" ] || target_dir="debug"
 start=false
+cluster=false
 if [ "${1:-}" = "--start" ]; then
   start=true
   shift
+  if [ "${1:-}" = "--cluster" ]; then
+    cluster=true
+    shift
+  fi
 fi
 
 cargo build --locked --quiet --profile "$profile" -p bench
@@ -41,6 +50,15 @@ started=$(scripts/servers.sh up)
 run_id="bench_$$"
 export MONGO_URL="mongodb://127.0.0.1:${FERRETDB_PORT:-27017}"
 export REDIS_URL="redis://127.0.0.1:${REDIS_PORT:-6379}"
+redis_nodes=("$REDIS_URL")
+if $cluster; then
+  started="$started $(scripts/servers.sh cluster-up)"
+  REDIS_URL=$(scripts/servers.sh cluster-url)
+  base=${REDIS_CLUSTER_PORT:-7000}
+  redis_nodes=()
+  for port in $(seq "$base" $((base + 5))); do redis_nodes+=("redis://127.0.0.1:$port"); done
+fi
+export EVENTS_PARTITIONS="${EVENTS_PARTITIONS:-1}"
 export WRITE_DB_NAME="${run_id}_write" READ_DB_NAME="${run_id}_read"
 export EVENTS_STREAM="$run_id:events" CACHE_KEY_PREFIX="$run_id:cache:"
 export CONSUMER_GROUP="$run_id" CONSUMER_NAME="$run_id" API_TOKENS="$run_id-token"
@@ -60,11 +78,14 @@ cleanup() {
   # Only once the services have stopped: FerretDB crashes when a database
   # is dropped while a query reads it.
   "target/$target_dir/bench" --drop-databases || true
-  redis-cli -u "$REDIS_URL" --no-auth-warning EVAL \
-    "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end return n" \
-    0 "$run_id:*" >/dev/null 2>&1 || true
+  # Each node deletes its own keys (a cluster's replicas refuse, harmlessly).
+  for node in "${redis_nodes[@]}"; do
+    redis-cli -u "$node" --no-auth-warning EVAL \
+      $'#!lua flags=allow-cross-slot-keys\nlocal n = 0 for _, k in ipairs(redis.call(\'KEYS\', ARGV[1])) do n = n + redis.call(\'DEL\', k) end return n' \
+      0 "$run_id:*" >/dev/null 2>&1 || true
+  done
   # shellcheck disable=SC2086 # a list of names
-  [ -z "$started" ] || scripts/servers.sh down $started
+  [ -z "${started// /}" ] || scripts/servers.sh down $started
 }
 trap cleanup EXIT
 PORT="$command_port" QUERY_BASE_URL="$QUERY_URL" "target/$target_dir/command-service" >target/bench/command-service.log 2>&1 &
