@@ -9,6 +9,7 @@ mod corpus;
 mod delivery;
 mod helpers;
 mod idempotence;
+mod pubsub;
 mod round_trip;
 mod short_errors;
 mod tracing;
