@@ -189,10 +189,10 @@ async fn main() -> anyhow::Result<()> {
             })
         }),
         ("redis floor (HGETALL)", None, Floor, {
-            let (drivers, pick) = (drivers.clone(), pick.clone());
+            let drivers = drivers.clone();
             operation(move |_, _| {
-                let (drivers, id) = (drivers.clone(), pick());
-                async move { drivers.cache_read(&id).await }
+                let drivers = drivers.clone();
+                async move { drivers.cache_read().await }
             })
         }),
         ("GET /books/{id}", Some("http floor"), Reads, {

@@ -207,7 +207,9 @@ pub(crate) struct Drivers {
     pub(crate) redis: platform::RedisConnection,
     /// A scratch stream, deleted at the end.
     pub(crate) scratch_stream: Arc<str>,
-    pub(crate) cache_prefix: Arc<str>,
+    /// A scratch hash shaped like a cache entry, for the cached read's floor
+    /// (the service's own keys carry an epoch of its Redis servers).
+    pub(crate) cache_entry: Arc<str>,
 }
 
 impl Drivers {
@@ -225,15 +227,25 @@ impl Drivers {
             platform::connect::mongo_client(&RedactedUrl::new(mongo_url), "bench", timeout, true)
                 .await?;
         let redis = platform::RedisClient::open(&RedactedUrl::new(redis_url))?;
-        Ok(Self {
+        let drivers = Self {
             scratch: mongo
                 .database(write_db)
                 .collection(&format!("bench_floor_{run}")),
             read_books: mongo.database(read_db).collection("books"),
             redis: redis.shared(timeout)?,
             scratch_stream: Arc::from(format!("bench:floor:{run}")),
-            cache_prefix: Arc::from(cache_prefix),
-        })
+            cache_entry: Arc::from(format!("{cache_prefix}bench-floor:{run}")),
+        };
+        let body = r#"{"_id":"65a1b2c3d4e5f60718293a4b","title":"Benchmark","author":"Benchmark Author","publishedYear":2024,"createdAt":"2026-01-01T00:00:00.000Z","updatedAt":"2026-01-01T00:00:00.000Z","version":1}"#;
+        let _: () = redis::cmd("HSET")
+            .arg(&*drivers.cache_entry)
+            .arg("v")
+            .arg(1)
+            .arg("body")
+            .arg(body)
+            .query_async(&mut drivers.redis.clone())
+            .await?;
+        Ok(drivers)
     }
 
     /// A create's floor: one document insert and one XADD.
@@ -258,10 +270,10 @@ impl Drivers {
         Ok(())
     }
 
-    /// A cached read's floor: one HGETALL of a book's cache entry.
-    pub(crate) async fn cache_read(&self, id: &str) -> anyhow::Result<()> {
+    /// A cached read's floor: one HGETALL of a cache entry.
+    pub(crate) async fn cache_read(&self) -> anyhow::Result<()> {
         let _: redis::Value = redis::cmd("HGETALL")
-            .arg(format!("{}{id}", self.cache_prefix))
+            .arg(&*self.cache_entry)
             .query_async(&mut self.redis.clone())
             .await?;
         Ok(())
@@ -298,12 +310,14 @@ impl Drivers {
             .await;
     }
 
-    /// Removes the scratch collection and stream.
+    /// Removes the scratch collection, stream and cache entry.
     pub(crate) async fn clean_up(&self) {
         let _ = self.scratch.drop().await;
-        let _: redis::RedisResult<()> = redis::cmd("DEL")
-            .arg(&*self.scratch_stream)
-            .query_async(&mut self.redis.clone())
-            .await;
+        for key in [&*self.scratch_stream, &*self.cache_entry] {
+            let _: redis::RedisResult<()> = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut self.redis.clone())
+                .await;
+        }
     }
 }

@@ -122,6 +122,7 @@ impl Application {
             partitions_up: (0..partitions.count())
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            servers: std::sync::Mutex::new(vec![None; partitions.count()]),
         };
         let stop = Stop {
             token: CancellationToken::new(),

@@ -10,7 +10,7 @@ pub mod stream;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -54,6 +54,8 @@ pub struct Consumer {
     pub status: WorkerStatus,
     /// Each partition's own status, which `status` sums up.
     pub partitions_up: Vec<AtomicBool>,
+    /// The run id of the Redis server holding each partition, once known.
+    pub servers: Mutex<Vec<Option<String>>>,
 }
 
 impl Consumer {
@@ -73,12 +75,8 @@ impl Consumer {
     async fn consume(&self, partition: usize, shutdown: &CancellationToken) {
         let stream = &self.streams[partition];
         let mut reconnect = Backoff::DEPENDENCY;
-        let mut server = None;
         while !shutdown.is_cancelled() {
-            let Err(error) = self
-                .session(partition, &mut server, shutdown, &mut reconnect)
-                .await
-            else {
+            let Err(error) = self.session(partition, shutdown, &mut reconnect).await else {
                 return;
             };
             self.partition_up(partition, false);
@@ -124,19 +122,28 @@ impl Consumer {
         }
     }
 
-    /// Notes the run id of the server holding the partition; a change from
-    /// `server` (the last one seen) means Redis may have lost events.
+    /// Notes the run id of the server holding `partition`. Another one
+    /// than before means Redis may have lost its last writes: events, which
+    /// a reconciliation repairs, and cache entries, which the cache leaves
+    /// behind in its old epoch.
     async fn check_server(
         &self,
+        partition: usize,
         session: &mut Session<'_>,
-        server: &mut Option<String>,
     ) -> Result<(), Failure> {
         let now = session.server_id().await?;
-        if server.as_ref().is_some_and(|before| *before != now) {
+        let (before, all) = {
+            let mut servers = self.servers.lock().expect("never poisoned");
+            let before = servers[partition].replace(now.clone());
+            (before, servers.iter().cloned().collect::<Option<Vec<_>>>())
+        };
+        if before.is_some_and(|before| before != now) {
             tracing::warn!(stream = %session.stream_name(), server = %now, "another Redis server holds the partition now (a restart or a failover): reconciling");
             self.events_lost.notify_one();
         }
-        *server = Some(now);
+        if let Some(all) = all {
+            self.projector.cache.set_servers(&all);
+        }
         Ok(())
     }
 
@@ -146,7 +153,6 @@ impl Consumer {
     async fn session(
         &self,
         partition: usize,
-        server: &mut Option<String>,
         shutdown: &CancellationToken,
         reconnect: &mut Backoff,
     ) -> Result<(), Failure> {
@@ -156,7 +162,7 @@ impl Consumer {
             tracing::info!(stream = %stream.stream, group = %stream.group, "consumer group created");
             self.events_lost.notify_one();
         }
-        self.check_server(&mut session, server).await?;
+        self.check_server(partition, &mut session).await?;
         reconnect.reset();
         let mut cursor = Cursor::pending();
         let mut retry = Backoff::DEPENDENCY;
@@ -166,7 +172,7 @@ impl Consumer {
         loop {
             if Instant::now() >= next_server_check {
                 next_server_check = Instant::now() + SERVER_CHECK_EVERY;
-                self.check_server(&mut session, server).await?;
+                self.check_server(partition, &mut session).await?;
             }
             if !self.trim_interval.is_zero() && Instant::now() >= next_trim {
                 next_trim = Instant::now() + self.trim_interval;

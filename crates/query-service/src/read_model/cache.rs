@@ -2,9 +2,14 @@
 //! written only through a script that moves an entry forward (to a higher
 //! version), so racing writers never take it back to an older one. Hot
 //! entries are also kept in the process (`LocalCopy`), which Redis
-//! invalidates on every change.
+//! invalidates on every change. Keys carry an epoch named after the Redis
+//! servers holding the stream: a restart or a failover, which may lose the
+//! last writes and so take an entry back, moves every reader to fresh keys.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use axum::body::Bytes;
 use domain::BookId;
@@ -63,6 +68,9 @@ pub struct BookCache {
     /// The process's copy of hot entries, if it keeps one.
     local: Option<Arc<LocalCopy<Cached>>>,
     prefix: String,
+    /// The current epoch; `None` until the servers are known, while the
+    /// cache is skipped (every read is a miss, every write a no-op).
+    epoch: Arc<RwLock<Option<String>>>,
     ttl: Duration,
     put_if_newer: Script,
 }
@@ -75,6 +83,7 @@ impl BookCache {
             redis,
             local: None,
             prefix,
+            epoch: Arc::default(),
             ttl,
             put_if_newer: Script::new(PUT_IF_NEWER),
         }
@@ -105,8 +114,23 @@ impl BookCache {
         }
     }
 
-    fn key(&self, id: &BookId) -> String {
-        format!("{}{id}", self.prefix)
+    /// Names the Redis servers (their run ids) that hold the stream's
+    /// partitions now; when they changed, the cache starts afresh under
+    /// another epoch. Every replica sees the same servers, hence the same
+    /// epoch.
+    pub fn set_servers(&self, run_ids: &[String]) {
+        let epoch = epoch_of(run_ids);
+        let mut current = self.epoch.write().expect("never poisoned");
+        if current.as_deref() != Some(epoch.as_str()) {
+            tracing::info!(%epoch, "cache epoch set from the Redis servers");
+            *current = Some(epoch);
+        }
+    }
+
+    /// Book `id`'s key in the current epoch; `None` while it is unknown.
+    fn key(&self, id: &BookId) -> Option<String> {
+        let epoch = self.epoch.read().expect("never poisoned");
+        Some(format!("{}{}:{id}", self.prefix, epoch.as_ref()?))
     }
 
     /// The entry of book `id`; `None` on a miss. Answered from the
@@ -116,7 +140,10 @@ impl BookCache {
         let Some(local) = &self.local else {
             return self.get_fresh(id).await;
         };
-        match local.get(&self.key(id), &self.hmget(id), Self::entry).await {
+        let Some(key) = self.key(id) else {
+            return Ok(None);
+        };
+        match local.get(&key, &hmget(&key), Self::entry).await {
             Ok(entry) => Ok(entry),
             // The copy's own connection failing is no reason to skip Redis.
             Err(error) => {
@@ -130,15 +157,11 @@ impl BookCache {
     /// process's copy: for a reader waiting for a version.
     #[tracing::instrument(skip(self))]
     pub async fn get_fresh(&self, id: &BookId) -> redis::RedisResult<Option<Cached>> {
-        let answer = self.hmget(id).query_async(&mut self.redis.clone()).await?;
+        let Some(key) = self.key(id) else {
+            return Ok(None);
+        };
+        let answer = hmget(&key).query_async(&mut self.redis.clone()).await?;
         Self::entry(answer)
-    }
-
-    /// `HMGET key v body gone` for book `id`.
-    fn hmget(&self, id: &BookId) -> redis::Cmd {
-        let mut command = redis::cmd("HMGET");
-        command.arg(self.key(id)).arg(&FIELDS);
-        command
     }
 
     /// An entry from the answer to `HMGET key v body gone`.
@@ -159,8 +182,11 @@ impl BookCache {
     /// one; `true` when it was stored.
     #[tracing::instrument(skip_all, fields(book_id = %id, version = entry.version()))]
     pub async fn put(&self, id: &BookId, entry: &Cached) -> redis::RedisResult<bool> {
+        let Some(key) = self.key(id) else {
+            return Ok(false);
+        };
         let mut redis = self.redis.clone();
-        let mut invocation = self.put_if_newer.key(self.key(id));
+        let mut invocation = self.put_if_newer.key(key);
         invocation
             .arg(entry.version())
             .arg(self.ttl.as_secs().max(1));
@@ -170,5 +196,35 @@ impl BookCache {
         };
         let stored: i64 = invocation.invoke_async(&mut redis).await?;
         Ok(stored == 1)
+    }
+}
+
+/// `HMGET key v body gone`.
+fn hmget(key: &str) -> redis::Cmd {
+    let mut command = redis::cmd("HMGET");
+    command.arg(key).arg(&FIELDS);
+    command
+}
+
+/// The epoch named after these servers' run ids: 12 hex digits of their
+/// FNV-1a hash, the same in every process.
+pub fn epoch_of(run_ids: &[String]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in run_ids.join(",").bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:012x}", hash >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_follows_the_servers() {
+        let one = epoch_of(&["a1".to_owned(), "b2".to_owned()]);
+        assert_eq!(one, epoch_of(&["a1".to_owned(), "b2".to_owned()]));
+        assert_ne!(one, epoch_of(&["a1".to_owned(), "c3".to_owned()]));
+        assert_eq!(one.len(), 12);
     }
 }

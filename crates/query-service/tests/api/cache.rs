@@ -12,7 +12,8 @@ use serde_json::Value;
 use test_support::{assert_problem, eventually, metrics::Scrape, TcpProxy};
 
 use crate::helpers::{
-    cleanup_for, deleted, new_book, spawn_app, spawn_cleaned_app_with, test_settings, updated,
+    cleanup_for, deleted, new_book, redis_run_id, spawn_app, spawn_cleaned_app_with, test_settings,
+    updated,
 };
 
 #[tokio::test]
@@ -29,7 +30,7 @@ async fn the_consumer_caches_the_book_it_applied_before_acknowledging_it() {
     assert_eq!(cached, serde_json::to_value(&book).unwrap());
     let mut redis = app.redis.clone();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(app.cache_key(book.id.as_str()))
+        .arg(app.cache_key(book.id.as_str()).await)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -107,7 +108,7 @@ async fn a_late_older_event_never_overwrites_the_cache() {
     // holds, not its own older state.
     let mut redis = app.redis.clone();
     let _: () = redis::cmd("DEL")
-        .arg(app.cache_key(book.id.as_str()))
+        .arg(app.cache_key(book.id.as_str()).await)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -127,7 +128,7 @@ async fn a_cache_miss_is_refilled_from_the_read_model() {
     app.wait_until_consumed().await;
     let mut redis = app.redis.clone();
     let removed: u32 = redis::cmd("DEL")
-        .arg(app.cache_key(book.id.as_str()))
+        .arg(app.cache_key(book.id.as_str()).await)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -193,12 +194,19 @@ async fn reads_fall_back_to_the_read_model_while_redis_is_cut() {
 async fn the_cache_only_ever_moves_to_a_higher_version() {
     let settings = test_settings().await;
     let _cleanup = cleanup_for(&settings);
+    let mut redis = test_support::redis_connection().await;
+    let run_id = redis_run_id(&mut redis).await;
     let cache = BookCache::new(
-        test_support::redis_connection().await,
+        redis.clone(),
         settings.cache_prefix.clone(),
         Duration::from_secs(60),
     );
+    // Until the servers are known the cache is skipped.
     let id = BookId::parse("65a1b2c3d4e5f60718293a4b").unwrap();
+    let first = Cached::Gone { version: 1 };
+    assert!(!cache.put(&id, &first).await.unwrap());
+    assert_eq!(cache.get(&id).await.unwrap(), None);
+    cache.set_servers(std::slice::from_ref(&run_id));
     let book = |version, body: &'static str| Cached::Book {
         version,
         body: Bytes::from_static(body.as_bytes()),
@@ -215,9 +223,9 @@ async fn the_cache_only_ever_moves_to_a_higher_version() {
         cache.get(&id).await.unwrap(),
         Some(Cached::Gone { version: 3 })
     );
-    let mut redis = test_support::redis_connection().await;
+    let epoch = query_service::read_model::cache::epoch_of(&[run_id]);
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}{id}", settings.cache_prefix))
+        .arg(format!("{}{epoch}:{id}", settings.cache_prefix))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -283,6 +291,8 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
         settings.cache_prefix.clone(),
         Duration::from_secs(60),
     );
+    let mut redis = test_support::redis_connection().await;
+    elsewhere.set_servers(&[redis_run_id(&mut redis).await]);
     let newer = Cached::Book {
         version: 2,
         body: Bytes::from_static(b"{\"title\":\"After\"}"),

@@ -8,7 +8,7 @@ use bson::oid::ObjectId;
 use chrono::{SubsecRound, Utc};
 use domain::{Author, Book, BookDraft, BookEvent, BookId, BookState, EventType};
 use platform::{stream::Partitions, RedactedUrl, RedisConnection};
-use query_service::{config::Settings, startup::Application};
+use query_service::{config::Settings, read_model::cache::epoch_of, startup::Application};
 use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamInfoStreamReply};
 use serde_json::Value;
 use test_support::{eventually, mongo_database, redis_connection, unique, Cleanup, RunningApp};
@@ -166,16 +166,18 @@ impl TestApp {
         self.http.get(url).send().await.expect("request sent")
     }
 
-    /// The Redis key of book `id`'s cache entry.
-    pub(crate) fn cache_key(&self, id: &str) -> String {
-        format!("{}{id}", self.settings.cache_prefix)
+    /// The Redis key of book `id`'s cache entry, in the epoch of the
+    /// tests' one Redis server.
+    pub(crate) async fn cache_key(&self, id: &str) -> String {
+        let epoch = epoch_of(&[redis_run_id(&mut self.redis.clone()).await]);
+        format!("{}{epoch}:{id}", self.settings.cache_prefix)
     }
 
     /// The fields of book `id`'s cache entry (empty when there is none).
     pub(crate) async fn cache_entry(&self, id: &str) -> std::collections::HashMap<String, String> {
         let mut redis = self.redis.clone();
         redis::cmd("HGETALL")
-            .arg(self.cache_key(id))
+            .arg(self.cache_key(id).await)
             .query_async(&mut redis)
             .await
             .expect("HGETALL")
@@ -328,6 +330,21 @@ impl TestApp {
     pub(crate) fn begin_stop(&self) {
         self.app.begin_stop();
     }
+}
+
+/// The run id of the tests' one Redis server, after which the cache names
+/// its epoch.
+pub(crate) async fn redis_run_id(redis: &mut RedisConnection) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(redis)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .expect("a run id")
+        .trim()
+        .to_owned()
 }
 
 /// Appends `event` to `stream` as the command side's relay does.

@@ -128,7 +128,7 @@ async fn cache_hits_and_misses_are_counted() {
     }
     let mut redis = app.redis.clone();
     let _: () = redis::cmd("DEL")
-        .arg(app.cache_key(book.id.as_str()))
+        .arg(app.cache_key(book.id.as_str()).await)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -140,7 +140,7 @@ async fn cache_hits_and_misses_are_counted() {
         || async {
             assert_eq!(app.get_book(book.id.as_str()).await.status(), 200);
             let refilled: bool = redis::cmd("EXISTS")
-                .arg(app.cache_key(book.id.as_str()))
+                .arg(app.cache_key(book.id.as_str()).await)
                 .query_async(&mut app.redis.clone())
                 .await
                 .unwrap();
