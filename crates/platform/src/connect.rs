@@ -142,8 +142,12 @@ impl RedisClient {
                     .map(RedisConnection::Node)
             }
             Self::Cluster(seeds) => Ok(RedisConnection::Cluster(
-                cluster_client(seeds, timeout, timeout)?
-                    .get_pending_async_connection_with_config(ClusterConfig::new()),
+                cluster_client(seeds, timeout, timeout, 3)?
+                    .get_pending_async_connection_with_config(
+                        ClusterConfig::new()
+                            .set_connection_timeout(timeout)
+                            .set_response_timeout(timeout),
+                    ),
             )),
         }
     }
@@ -166,7 +170,10 @@ impl RedisClient {
                     .await
                     .map(RedisConnection::Dedicated)
             }
-            Self::Cluster(seeds) => cluster_client(seeds, timeout, block + timeout)?
+            // No retries: a read retried after a lost reply would leave
+            // what the first one delivered pending, unseen until the session
+            // starts again; failing starts it again at once.
+            Self::Cluster(seeds) => cluster_client(seeds, timeout, block + timeout, 0)?
                 .get_async_connection()
                 .await
                 .map(RedisConnection::Cluster),
@@ -185,17 +192,19 @@ pub fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// A cluster client whose commands are bounded by `response` each, with few
-/// retries: a failover or a slot move is retried, a dead cluster fails fast.
+/// A cluster client whose commands are bounded by `response` each, retried
+/// `retries` times (a failover or a slot move), so a dead cluster fails
+/// fast.
 fn cluster_client(
     seeds: &[String],
     connect: Duration,
     response: Duration,
+    retries: u32,
 ) -> redis::RedisResult<ClusterClient> {
     ClusterClient::builder(seeds.iter().map(String::as_str))
         .connection_timeout(connect)
         .response_timeout(response)
-        .retries(3)
+        .retries(retries)
         .min_retry_wait(50)
         .max_retry_wait(500)
         .build()

@@ -135,6 +135,7 @@ impl Projector {
     /// The read model, then the cache from what the read model holds now
     /// (never the possibly older event's state).
     async fn write_book(&self, event: &BookEvent) -> Result<(Applied, Vec<String>), Failure> {
+        let epoch = self.cache.epoch();
         let (applied, written) = self.books.upsert(event).await?;
         let record = match written {
             Some(record) => record,
@@ -146,7 +147,7 @@ impl Projector {
             })?,
         };
         self.cache
-            .put(&event.book_id, &Cached::from(&record.current))
+            .put_in(&epoch, &event.book_id, &Cached::from(&record.current))
             .await?;
         Ok((applied, record.author_keys))
     }

@@ -38,10 +38,13 @@ if keep == nil or keep == '0-0' then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 ";
 
-/// The run id of the server that holds KEYS[1]: another one after a
-/// restart or a failover, which may have lost what it acknowledged.
+/// Names the server that holds KEYS[1] and its time as a master: its run
+/// id and replication id. Either changes with a restart, a failover or a
+/// failback, any of which may have lost what was acknowledged last.
 const SERVER_ID: &str = r"
-return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local replication = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+return (run or '?') .. ':' .. (replication or '?')
 ";
 
 /// One partition of the consumer group's stream, as one consumer of the
@@ -249,7 +252,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The run id of the Redis server that holds the partition now.
+    /// The run and replication ids of the Redis server that holds the
+    /// partition now.
     pub async fn server_id(&mut self) -> redis::RedisResult<String> {
         redis::cmd("EVAL")
             .arg(SERVER_ID)

@@ -332,7 +332,7 @@ impl Reconciler {
         // a walk would re-emit what is already on its way and add to the
         // backlog it is waiting for.
         let backlog = self.backlog(&mut redis).await?;
-        if backlog > BACKLOG_LIMIT {
+        if backlog > BACKLOG_LIMIT * self.partitions.count() as u64 {
             tracing::debug!(
                 backlog,
                 "the consumer group has a backlog; reconciling later"
@@ -362,8 +362,8 @@ enum Walk {
     Busy,
 }
 
-/// Entries the group may have unread or pending for a walk to run: about a
-/// batch, which the settle time covers.
+/// Entries the group may have unread or pending, per partition, for a walk
+/// to run: about a batch, which the settle time covers.
 const BACKLOG_LIMIT: u64 = 256;
 
 impl Reconciler {

@@ -53,6 +53,7 @@ impl BookLookup {
     }
 
     async fn look_up(&self, id: &BookId, read: CacheRead) -> Result<Option<Cached>, Failure> {
+        let epoch = self.cache.epoch();
         let cached = match read {
             CacheRead::Local => self.cache.get(id).await,
             CacheRead::Fresh => self.cache.get_fresh(id).await,
@@ -82,7 +83,7 @@ impl BookLookup {
         if cache_up {
             // The version guard keeps this from replacing a newer entry the
             // consumer wrote meanwhile.
-            if let Err(error) = self.cache.put(id, &entry).await {
+            if let Err(error) = self.cache.put_in(&epoch, id, &entry).await {
                 tracing::warn!(error = format!("{error:#}"), "cache refill failed");
             }
         }

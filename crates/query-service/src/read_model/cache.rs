@@ -127,10 +127,21 @@ impl BookCache {
         }
     }
 
-    /// Book `id`'s key in the current epoch; `None` while it is unknown.
+    /// The current epoch. A writer takes it before it reads what it will
+    /// store, and stores in it (`put_in`): what it read before a switch
+    /// must not land among the new epoch's entries.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.read().expect("never poisoned").clone())
+    }
+
+    /// Book `id`'s key in `epoch`; `None` while it is unknown.
+    fn key_in(&self, epoch: &Epoch, id: &BookId) -> Option<String> {
+        Some(format!("{}{}:{id}", self.prefix, epoch.0.as_ref()?))
+    }
+
+    /// Book `id`'s key in the current epoch.
     fn key(&self, id: &BookId) -> Option<String> {
-        let epoch = self.epoch.read().expect("never poisoned");
-        Some(format!("{}{}:{id}", self.prefix, epoch.as_ref()?))
+        self.key_in(&self.epoch(), id)
     }
 
     /// The entry of book `id`; `None` on a miss. Answered from the
@@ -178,11 +189,22 @@ impl BookCache {
         })
     }
 
-    /// Stores `entry` unless the cache already holds its version or a newer
-    /// one; `true` when it was stored.
-    #[tracing::instrument(skip_all, fields(book_id = %id, version = entry.version()))]
+    /// Stores `entry` in the current epoch unless the cache already holds
+    /// its version or a newer one; `true` when it was stored.
     pub async fn put(&self, id: &BookId, entry: &Cached) -> redis::RedisResult<bool> {
-        let Some(key) = self.key(id) else {
+        self.put_in(&self.epoch(), id, entry).await
+    }
+
+    /// Stores `entry` in `epoch` unless the cache already holds its version
+    /// or a newer one there; `true` when it was stored.
+    #[tracing::instrument(skip_all, fields(book_id = %id, version = entry.version()))]
+    pub async fn put_in(
+        &self,
+        epoch: &Epoch,
+        id: &BookId,
+        entry: &Cached,
+    ) -> redis::RedisResult<bool> {
+        let Some(key) = self.key_in(epoch, id) else {
             return Ok(false);
         };
         let mut redis = self.redis.clone();
@@ -198,6 +220,10 @@ impl BookCache {
         Ok(stored == 1)
     }
 }
+
+/// A cache epoch, as a writer saw it before reading what it stores.
+#[derive(Debug, Clone)]
+pub struct Epoch(Option<String>);
 
 /// `HMGET key v body gone`.
 fn hmget(key: &str) -> redis::Cmd {

@@ -12,8 +12,8 @@ use serde_json::Value;
 use test_support::{assert_problem, eventually, metrics::Scrape, TcpProxy};
 
 use crate::helpers::{
-    cleanup_for, deleted, new_book, redis_run_id, spawn_app, spawn_cleaned_app_with, test_settings,
-    updated,
+    cleanup_for, deleted, new_book, redis_server_id, spawn_app, spawn_cleaned_app_with,
+    test_settings, updated,
 };
 
 #[tokio::test]
@@ -195,7 +195,7 @@ async fn the_cache_only_ever_moves_to_a_higher_version() {
     let settings = test_settings().await;
     let _cleanup = cleanup_for(&settings);
     let mut redis = test_support::redis_connection().await;
-    let run_id = redis_run_id(&mut redis).await;
+    let run_id = redis_server_id(&mut redis).await;
     let cache = BookCache::new(
         redis.clone(),
         settings.cache_prefix.clone(),
@@ -292,7 +292,7 @@ async fn a_change_any_writer_makes_in_redis_replaces_the_process_copy() {
         Duration::from_secs(60),
     );
     let mut redis = test_support::redis_connection().await;
-    elsewhere.set_servers(&[redis_run_id(&mut redis).await]);
+    elsewhere.set_servers(&[redis_server_id(&mut redis).await]);
     let newer = Cached::Book {
         version: 2,
         body: Bytes::from_static(b"{\"title\":\"After\"}"),
@@ -340,4 +340,34 @@ async fn a_lost_redis_connection_drops_the_process_copy() {
         (body["title"] == "Changed").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_entry_read_before_the_servers_changed_is_stored_in_the_old_epoch_only() {
+    let settings = test_settings().await;
+    let _cleanup = cleanup_for(&settings);
+    let cache = BookCache::new(
+        test_support::redis_connection().await,
+        settings.cache_prefix.clone(),
+        Duration::from_secs(60),
+    );
+    let id = BookId::parse("65a1b2c3d4e5f60718293a4c").unwrap();
+    let old = Cached::Book {
+        version: 1,
+        body: Bytes::from_static(b"{\"title\":\"Before\"}"),
+    };
+    cache.set_servers(&["run-1:replication-1".to_owned()]);
+    let before = cache.epoch();
+    assert!(cache.put(&id, &old).await.unwrap());
+
+    // A failover: another server, which may have lost the last writes.
+    cache.set_servers(&["run-2:replication-2".to_owned()]);
+    assert_eq!(cache.get(&id).await.unwrap(), None, "a fresh epoch");
+    // A refill read before the change lands where readers no longer look.
+    cache.put_in(&before, &id, &old).await.unwrap();
+    assert_eq!(cache.get(&id).await.unwrap(), None);
+    // Back to the first server: a failback is another epoch all the same,
+    // as the replication id changes.
+    cache.set_servers(&["run-1:replication-3".to_owned()]);
+    assert_eq!(cache.get(&id).await.unwrap(), None);
 }

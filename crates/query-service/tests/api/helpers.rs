@@ -169,7 +169,7 @@ impl TestApp {
     /// The Redis key of book `id`'s cache entry, in the epoch of the
     /// tests' one Redis server.
     pub(crate) async fn cache_key(&self, id: &str) -> String {
-        let epoch = epoch_of(&[redis_run_id(&mut self.redis.clone()).await]);
+        let epoch = epoch_of(&[redis_server_id(&mut self.redis.clone()).await]);
         format!("{}{epoch}:{id}", self.settings.cache_prefix)
     }
 
@@ -332,19 +332,24 @@ impl TestApp {
     }
 }
 
-/// The run id of the tests' one Redis server, after which the cache names
-/// its epoch.
-pub(crate) async fn redis_run_id(redis: &mut RedisConnection) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(redis)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .expect("a run id")
-        .trim()
-        .to_owned()
+/// The tests' one Redis server as the consumer names it (run id and
+/// replication id), after which the cache names its epoch.
+pub(crate) async fn redis_server_id(redis: &mut RedisConnection) -> String {
+    let mut field = async |section: &str, name: &str| {
+        let info: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut *redis)
+            .await
+            .expect("INFO");
+        info.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .expect("the field")
+            .trim()
+            .to_owned()
+    };
+    let run = field("server", "run_id:").await;
+    let replication = field("replication", "master_replid:").await;
+    format!("{run}:{replication}")
 }
 
 /// Appends `event` to `stream` as the command side's relay does.
