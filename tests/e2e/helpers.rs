@@ -301,6 +301,7 @@ impl TestSystem {
         for key in [&self.stream, &self.dead_letter_stream]
             .into_iter()
             .flat_map(|base| self.partitions.keys(base))
+            .chain([format!("{}:layout", self.stream)])
         {
             pipe.cmd("DEL").arg(key).ignore();
         }

@@ -103,6 +103,9 @@ pub struct Relay {
     store: BookStore,
     redis: RedisConnection,
     partitions: Partitions,
+    /// Whether Redis agreed with this layout of the stream: until it did,
+    /// nothing is published (events wait in their outboxes).
+    layout_checked: bool,
     lease: Lease,
     /// How long one MongoDB operation may take.
     timeout: Duration,
@@ -141,6 +144,7 @@ impl Relay {
                 settings.relay_lease,
             ),
             partitions: Partitions::new(stream, settings.partitions, cluster)?,
+            layout_checked: false,
             timeout: settings.dependency_timeout,
             events,
             missed: Arc::clone(&missed),
@@ -294,6 +298,10 @@ impl Relay {
             .collect();
         if events.is_empty() {
             return Ok(0);
+        }
+        if !self.layout_checked {
+            self.partitions.check_layout(&mut self.redis).await?;
+            self.layout_checked = true;
         }
         let mut pipe = redis::pipe();
         for (event_type, json, stream) in &events {

@@ -3,6 +3,10 @@
 //! reconciliation alike: `type` (the event type) and `data` (the event's
 //! JSON).
 
+use redis::aio::ConnectionLike;
+
+use crate::error::Failure;
+
 /// Most partitions: each is a stream every query-service replica reads.
 pub const MAX_PARTITIONS: usize = 1024;
 /// Redis Cluster's key slots.
@@ -93,7 +97,46 @@ impl Partitions {
             .map(|index| self.key(base, index))
             .collect()
     }
+
+    /// What decides the partitions' keys: what every service of the stream
+    /// must agree on.
+    fn layout(&self) -> String {
+        format!(
+            "partitions={} tagged={}",
+            self.count(),
+            self.tags[0].is_some()
+        )
+    }
+
+    /// Records this layout in Redis (`<stream>:layout`) unless one is, and
+    /// fails if another one is: services splitting the stream otherwise
+    /// would write events where no one reads them. To change the layout,
+    /// drain the stream and delete the key (see docs/DEPLOYMENT.md).
+    pub async fn check_layout(&self, redis: &mut impl ConnectionLike) -> Result<(), Failure> {
+        let key = format!("{}:layout", self.stream);
+        let recorded: String = redis::cmd("EVAL")
+            .arg(RECORD_LAYOUT)
+            .arg(1)
+            .arg(&key)
+            .arg(self.layout())
+            .query_async(redis)
+            .await?;
+        if recorded == self.layout() {
+            return Ok(());
+        }
+        Err(Failure::Permanent(anyhow::anyhow!(
+            "the stream {} is laid out as `{recorded}` (key {key}), this service as `{}`: both services need the same EVENTS_PARTITIONS and the same kind of Redis",
+            self.stream,
+            self.layout()
+        )))
+    }
 }
+
+/// Sets KEYS[1] to ARGV[1] unless it is set; returns what it holds.
+const RECORD_LAYOUT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+";
 
 /// The Redis Cluster slot of `key`: CRC16 of its hash tag (the text between
 /// the first `{` and the next `}`, when not empty) or of the whole key.

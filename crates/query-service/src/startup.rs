@@ -95,6 +95,7 @@ impl Application {
         let (batches, batches_seen) = watch::channel(0);
         let consumer_status = WorkerStatus::default();
         let consumer = Consumer {
+            partitions: partitions.clone(),
             streams: (0..partitions.count())
                 .map(|partition| EventStream {
                     client: redis_client.clone(),

@@ -75,6 +75,7 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with_cleanup(settings: Settings) -> TestApp {
     let mut keys = partitions_of(&settings).streams();
     keys.push(lease_key(&settings));
+    keys.push(format!("{}:layout", settings.stream));
     let cleanup = Cleanup::new(vec![settings.database.clone()], keys);
     let mut app = spawn_app_with(settings).await;
     app.app.clean_up_after(cleanup);

@@ -303,3 +303,38 @@ async fn each_event_goes_to_the_partition_of_its_book_and_nowhere_else() {
         assert!(by_partition[partitions.of(id)].iter().any(|i| i == id));
     }
 }
+
+#[tokio::test]
+async fn nothing_is_published_while_redis_holds_another_layout_of_the_stream() {
+    let settings = test_settings().await;
+    let layout = format!("{}:layout", settings.stream);
+    let mut redis = test_support::redis_connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(&layout)
+        .arg("partitions=4 tagged=true")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let app = spawn_app_with_cleanup(settings).await;
+
+    let book = app.create_book().await;
+    // An unhindered relay publishes within milliseconds.
+    let relayed = tokio::time::timeout(Duration::from_millis(1500), app.wait_until_relayed(1));
+    assert!(relayed.await.is_err(), "published under another layout");
+    let stored = app.stored_book(book["_id"].as_str().unwrap()).await;
+    assert_eq!(stored.get_array("outbox").map(Vec::len).ok(), Some(1));
+
+    // Once the layouts agree (the operator removed the old one), it goes.
+    let _: () = redis::cmd("DEL")
+        .arg(&layout)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    app.wait_until_relayed(1).await;
+    let recorded: String = redis::cmd("GET")
+        .arg(&layout)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(recorded, "partitions=1 tagged=false");
+}

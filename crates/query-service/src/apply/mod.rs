@@ -34,6 +34,8 @@ const CLAIM_EVERY_AT_LEAST: Duration = Duration::from_millis(100);
 const SERVER_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Consumer {
+    /// The stream's partitions, as this service lays them out.
+    pub partitions: platform::stream::Partitions,
     /// One per partition of the stream, each read by a loop of its own.
     pub streams: Vec<EventStream>,
     pub projector: Projector,
@@ -157,7 +159,7 @@ impl Consumer {
         reconnect: &mut Backoff,
     ) -> Result<(), Failure> {
         let stream = &self.streams[partition];
-        let (mut session, created) = stream.connect().await?;
+        let (mut session, created) = stream.connect(&self.partitions).await?;
         if created {
             tracing::info!(stream = %stream.stream, group = %stream.group, "consumer group created");
             self.events_lost.notify_one();

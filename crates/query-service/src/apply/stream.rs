@@ -6,7 +6,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use domain::BookEvent;
-use platform::{RedisClient, RedisConnection};
+use platform::{error::Failure, stream::Partitions, RedisClient, RedisConnection};
 use redis::{
     streams::{StreamId, StreamPendingCountReply, StreamReadReply},
     Value,
@@ -123,11 +123,13 @@ pub struct Session<'a> {
 }
 
 impl EventStream {
-    /// Connects, creating the group (from the stream's start) if Redis
-    /// does not have it; also says whether it had to.
-    pub async fn connect(&self) -> redis::RedisResult<(Session<'_>, bool)> {
+    /// Connects, checks that Redis agrees with this layout of the stream's
+    /// `partitions`, and creates the group (from the stream's start) if
+    /// Redis does not have it; also says whether it had to.
+    pub async fn connect(&self, partitions: &Partitions) -> Result<(Session<'_>, bool), Failure> {
         // A blocking read holds the connection for up to `block`.
         let mut connection = self.client.dedicated(self.timeout, self.block).await?;
+        partitions.check_layout(&mut connection).await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -139,7 +141,7 @@ impl EventStream {
         let created = match created {
             Ok(()) => true,
             Err(error) if error.code() == Some("BUSYGROUP") => false,
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         let session = Session {
             stream: self,

@@ -70,6 +70,7 @@ pub(crate) fn cleanup_for(settings: &Settings) -> Cleanup {
     let partitions = partitions_of(settings);
     let mut keys = partitions.streams();
     keys.extend(partitions.keys(&settings.dead_letter_stream));
+    keys.push(format!("{}:layout", settings.stream));
     Cleanup::new(
         vec![settings.database.clone(), settings.write_database.clone()],
         keys,

@@ -1,8 +1,11 @@
 //! A stream split into partitions: every partition is consumed, and each
 //! keeps its own dead letters.
 
+use std::time::Duration;
+
 use domain::BookEvent;
-use test_support::eventually;
+use serde_json::Value;
+use test_support::{eventually, redis_connection};
 
 use crate::helpers::{new_book, spawn_cleaned_app_with, test_settings, xadd_event, DEADLINE};
 
@@ -69,4 +72,46 @@ async fn events_of_every_partition_apply_and_a_dead_letter_stays_in_its_partitio
         .await
         .unwrap();
     assert!(len >= 2, "the poison entry came back to partition 2");
+}
+
+#[tokio::test]
+async fn a_consumer_reads_nothing_while_redis_holds_another_layout_of_the_stream() {
+    let settings = test_settings().await;
+    let layout = format!("{}:layout", settings.stream);
+    let mut redis = redis_connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(&layout)
+        .arg("partitions=2 tagged=true")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let book = new_book("Laid out otherwise");
+    xadd_event(
+        &mut redis,
+        &settings.stream,
+        &BookEvent::created(&book, None),
+    )
+    .await;
+    let app = spawn_cleaned_app_with(settings).await;
+
+    let readyz = app.url("/readyz");
+    let http = &app.http;
+    eventually("readiness to name the consumer down", DEADLINE, || async {
+        let answer: Value = http.get(&readyz).send().await.ok()?.json().await.ok()?;
+        (answer["checks"]["consumer"] == "down" && answer["checks"]["redis"] == "up").then_some(())
+    })
+    .await;
+    // An unhindered consumer applies it within milliseconds.
+    let applied = tokio::time::timeout(
+        Duration::from_millis(1500),
+        app.wait_for_version(book.id.as_str(), 1),
+    );
+    assert!(applied.await.is_err(), "consumed under another layout");
+
+    let _: () = redis::cmd("DEL")
+        .arg(&layout)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    app.wait_for_version(book.id.as_str(), 1).await;
 }
