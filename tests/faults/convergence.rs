@@ -8,7 +8,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use platform::RedisConnection;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -20,8 +21,11 @@ use crate::{
     system::Names,
 };
 
-/// Books of each kind read back through the API.
+/// Books of each kind read back through the API while waiting for
+/// convergence.
 const API_SAMPLE: usize = 20;
+/// Reads through the API in flight at once.
+const API_CONCURRENCY: usize = 8;
 /// Differences named in a report.
 const SHOWN: usize = 10;
 /// Pause between two looks at the consumer group.
@@ -50,7 +54,7 @@ pub(crate) enum State {
 }
 
 impl State {
-    fn version(&self) -> Option<i64> {
+    pub(crate) fn version(&self) -> Option<i64> {
         match self {
             State::Live { version, .. } | State::Deleted { version } => Some(*version),
             State::Corrupt(_) => None,
@@ -244,13 +248,15 @@ async fn books(
         .collect())
 }
 
-/// Reads a sample of live and deleted books through each query service:
-/// a live one must answer 200 with the write model's version and fields, a
-/// deleted one 404. Returns the disagreements.
+/// Reads up to `sample` live and as many deleted books through each query
+/// service (which serves them from its cache when it holds them), a few at
+/// a time: a live one must answer 200 with the write model's version and
+/// fields, a deleted one 404. Returns the disagreements.
 pub(crate) async fn api_differences(
     http: &reqwest::Client,
     query_urls: &[String],
     snapshot: &Snapshot,
+    sample: usize,
 ) -> Vec<String> {
     let live: Vec<(&ObjectId, &State)> = snapshot
         .write
@@ -262,51 +268,66 @@ pub(crate) async fn api_differences(
         .iter()
         .filter(|(_, s)| matches!(s, State::Deleted { .. }))
         .collect();
-    let mut differences = Vec::new();
-    for url in query_urls {
-        for (id, state) in spread(&live).into_iter().chain(spread(&deleted)) {
-            let answer = http.get(format!("{url}/books/{id}")).send().await;
-            let problem = match (state, answer) {
-                (_, Err(error)) => Some(format!("no answer: {error}")),
-                (State::Deleted { .. }, Ok(r)) if r.status() == StatusCode::NOT_FOUND => None,
-                (State::Deleted { .. }, Ok(r)) => {
-                    Some(format!("{} for a deleted book", r.status()))
-                }
-                (
-                    State::Live {
-                        version,
-                        title,
-                        author,
-                        published_year,
-                        ..
-                    },
-                    Ok(r),
-                ) => {
-                    let status = r.status();
-                    let body: Value = r.json().await.unwrap_or(Value::Null);
-                    let same = status == StatusCode::OK
-                        && body["version"].as_i64() == Some(*version)
-                        && body["title"].as_str() == Some(title)
-                        && body["author"].as_str() == Some(author)
-                        && body["publishedYear"].as_i64() == Some(*published_year);
-                    (!same).then(|| format!("{status} {body} for {state:?}"))
-                }
-                (State::Corrupt(_), Ok(_)) => None,
-            };
-            if let Some(problem) = problem {
-                differences.push(format!("GET {url}/books/{id}: {problem}"));
-            }
-        }
-    }
-    differences
+    let books: Vec<&(&ObjectId, &State)> = spread(&live, sample)
+        .into_iter()
+        .chain(spread(&deleted, sample))
+        .collect();
+    // Futures of owned data, made up front: a stream mapping borrowed
+    // items would not be `Send` for every lifetime, which spawning needs.
+    let reads: Vec<_> = query_urls
+        .iter()
+        .flat_map(|url| books.iter().map(move |(id, state)| (url, id, state)))
+        .map(|(url, id, state)| api_difference(http.clone(), url.clone(), **id, (*state).clone()))
+        .collect();
+    futures::stream::iter(reads)
+        .buffered(API_CONCURRENCY)
+        .filter_map(futures::future::ready)
+        .collect()
+        .await
 }
 
-/// Up to `API_SAMPLE` items spread evenly over `items`.
-fn spread<T>(items: &[T]) -> Vec<&T> {
+/// How `GET <url>/books/<id>` differs from `state`, if it does.
+async fn api_difference(
+    http: reqwest::Client,
+    url: String,
+    id: ObjectId,
+    state: State,
+) -> Option<String> {
+    let answer = http.get(format!("{url}/books/{id}")).send().await;
+    let problem = match (&state, answer) {
+        (_, Err(error)) => Some(format!("no answer: {error}")),
+        (State::Deleted { .. }, Ok(r)) if r.status() == StatusCode::NOT_FOUND => None,
+        (State::Deleted { .. }, Ok(r)) => Some(format!("{} for a deleted book", r.status())),
+        (
+            State::Live {
+                version,
+                title,
+                author,
+                published_year,
+                ..
+            },
+            Ok(r),
+        ) => {
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let same = status == StatusCode::OK
+                && body["version"].as_i64() == Some(*version)
+                && body["title"].as_str() == Some(title)
+                && body["author"].as_str() == Some(author)
+                && body["publishedYear"].as_i64() == Some(*published_year);
+            (!same).then(|| format!("{status} {body} for {state:?}"))
+        }
+        (State::Corrupt(_), Ok(_)) => None,
+    };
+    problem.map(|problem| format!("GET {url}/books/{id}: {problem}"))
+}
+
+/// Up to `sample` items spread evenly over `items`.
+fn spread<T>(items: &[T], sample: usize) -> Vec<&T> {
     if items.is_empty() {
         return Vec::new();
     }
-    let step = items.len().div_ceil(API_SAMPLE);
+    let step = items.len().div_ceil(sample);
     items.iter().step_by(step).collect()
 }
 
@@ -326,30 +347,36 @@ pub(crate) struct Convergence {
 pub(crate) struct Models<'a> {
     pub(crate) write_db: mongodb::Database,
     pub(crate) read_db: mongodb::Database,
-    pub(crate) redis: redis::Client,
+    pub(crate) redis: RedisConnection,
     pub(crate) names: &'a Names,
     pub(crate) http: reqwest::Client,
     pub(crate) query_urls: Vec<String>,
 }
 
-/// Whether the query services' group has been handed every entry of the
-/// stream and acknowledged all of them; `None` when Redis does not say.
-pub(crate) async fn caught_up(redis: &redis::Client, names: &Names) -> Option<bool> {
-    let mut connection = redis.get_multiplexed_async_connection().await.ok()?;
-    let stream: StreamInfoStreamReply = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(&names.stream)
-        .query_async(&mut connection)
-        .await
-        .ok()?;
-    let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&names.stream)
-        .query_async(&mut connection)
-        .await
-        .ok()?;
-    let group = groups.groups.iter().find(|g| g.name == names.group)?;
-    Some(group.pending == 0 && group.last_delivered_id == stream.last_generated_id)
+/// Whether the query services' group has been handed every entry of every
+/// partition of the stream and acknowledged all of them; `None` when Redis
+/// does not say.
+pub(crate) async fn caught_up(redis: &RedisConnection, names: &Names) -> Option<bool> {
+    let mut connection = redis.clone();
+    for partition in names.partitions.streams() {
+        let stream: StreamInfoStreamReply = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&partition)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&partition)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        let group = groups.groups.iter().find(|g| g.name == names.group)?;
+        if group.pending != 0 || group.last_delivered_id != stream.last_generated_id {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 /// Compares the models (and the API sample) until they agree or `deadline`
@@ -384,7 +411,8 @@ pub(crate) async fn converge(
                 let mut differences = snapshot.differences();
                 if differences.is_empty() {
                     differences =
-                        api_differences(&models.http, &models.query_urls, &snapshot).await;
+                        api_differences(&models.http, &models.query_urls, &snapshot, API_SAMPLE)
+                            .await;
                 }
                 if differences.is_empty() {
                     return Convergence {

@@ -2,7 +2,8 @@
 //! against private servers (a PostgreSQL cluster, FerretDB on it, and
 //! Redis), drives a burst of 2,000 mixed writes, breaks one component
 //! mid-burst (a SIGKILLed service, a restarted server, PostgreSQL killed
-//! under a running FerretDB, a replica that dies, a poison event), and
+//! under a running FerretDB, a replica that dies, a poison event, a Redis
+//! Cluster master killed and replaced by its replica), and
 //! checks that the read model ends up equal to the write model and that no
 //! acknowledged write was lost.
 //!
@@ -20,13 +21,14 @@
 //! (`scripts/servers.sh up` builds it, patched so that a conditional
 //! single-document write is atomic, as on MongoDB); PostgreSQL's programs
 //! (`initdb`, `postgres`, `pg_isready`, `createdb`) from `PG_BIN`, else
-//! `/usr/lib/postgresql/<highest version>/bin`; `redis-server` from
-//! `PATH`. As root (CI), PostgreSQL runs as the `postgres` user, in the
+//! `/usr/lib/postgresql/<highest version>/bin`; `redis-server` (and, for
+//! the cluster, `redis-cli`) from `PATH`. As root (CI), PostgreSQL runs as the `postgres` user, in the
 //! scenario's directory under the temporary directory, never in the
 //! checkout.
 
 mod audit;
 mod burst;
+mod cluster;
 mod convergence;
 mod processes;
 mod report;

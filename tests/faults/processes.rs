@@ -178,6 +178,28 @@ impl Process {
         Ok(())
     }
 
+    /// Stops the process with SIGSTOP, as a stall of its machine would: it
+    /// holds its connections and answers nothing until resumed.
+    pub(crate) fn pause(&mut self) -> anyhow::Result<()> {
+        let pid = self.pid()?;
+        signal("STOP", &[pid]);
+        self.note("stopped with SIGSTOP")
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub(crate) fn resume(&mut self) -> anyhow::Result<()> {
+        let pid = self.pid()?;
+        signal("CONT", &[pid]);
+        self.note("resumed with SIGCONT")
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{} is not running", self.recipe.name))
+    }
+
     /// Starts the process again from its recipe, after a kill.
     pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -367,6 +389,9 @@ pub(crate) struct Binaries {
     /// `createdb`).
     pub(crate) postgres_bin: PathBuf,
     pub(crate) redis_server: PathBuf,
+    /// What creates a Redis Cluster (`redis-cli --cluster create`), needed
+    /// only by a scenario with one.
+    pub(crate) redis_cli: Option<PathBuf>,
     /// `target/`, where the report goes.
     pub(crate) target_dir: PathBuf,
 }
@@ -414,6 +439,7 @@ impl Binaries {
             ferretdb,
             postgres_bin,
             redis_server,
+            redis_cli: find_on_path("redis-cli"),
             target_dir,
         })
     }

@@ -23,7 +23,18 @@ pub(crate) struct Row {
     pub(crate) unanswered: usize,
     pub(crate) delivered: u64,
     pub(crate) duplicates: u64,
+    /// Events reconciliation appended (books emitted again), as the audit
+    /// read them.
+    pub(crate) reemitted: u64,
+    /// Events the relay had appended that the stream no longer held after
+    /// the fault; measured only where the stream is never trimmed (the
+    /// cluster scenario).
+    pub(crate) dropped: Option<usize>,
+    /// From the end of the burst to the first comparison that found the
+    /// models equal.
     pub(crate) converged_after: Option<Duration>,
+    /// From the fault (the component gone) to that comparison.
+    pub(crate) converged_after_fault: Option<Duration>,
     pub(crate) burst: Duration,
     pub(crate) total: Duration,
     /// Failed checks; the scenario passes without any.
@@ -81,7 +92,10 @@ impl Row {
             "unanswered": self.unanswered,
             "eventsDelivered": self.delivered,
             "duplicates": self.duplicates,
+            "eventsReemitted": self.reemitted,
+            "eventsDropped": self.dropped,
             "convergedAfterSeconds": self.converged_after.map(seconds),
+            "convergedAfterFaultSeconds": self.converged_after_fault.map(seconds),
             "burstSeconds": seconds(self.burst),
             "totalSeconds": seconds(self.total),
             "passed": self.passed(),
@@ -102,7 +116,10 @@ pub(crate) fn print(rows: &[Row]) {
         "no answer",
         "delivered",
         "duplicates",
+        "re-emitted",
+        "dropped",
         "converge s",
+        "after fault s",
         "burst s",
         "total s",
         "result",
@@ -119,7 +136,11 @@ pub(crate) fn print(rows: &[Row]) {
                 r.unanswered.to_string(),
                 r.delivered.to_string(),
                 r.duplicates.to_string(),
+                r.reemitted.to_string(),
+                r.dropped.map_or("-".to_owned(), |n| n.to_string()),
                 r.converged_after
+                    .map_or("-".to_owned(), |d| format!("{:.2}", seconds(d))),
+                r.converged_after_fault
                     .map_or("-".to_owned(), |d| format!("{:.2}", seconds(d))),
                 format!("{:.1}", seconds(r.burst)),
                 format!("{:.1}", seconds(r.total)),

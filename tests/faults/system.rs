@@ -1,16 +1,18 @@
 //! One scenario's whole system, private to it: a PostgreSQL cluster of its
 //! own (initdb'd into the scenario's temporary directory), FerretDB on it,
-//! and Redis, on free loopback ports, and one or two replicas of each
-//! service, all real processes. Stopping any of them disturbs nothing
-//! outside the scenario; all of them (PostgreSQL's server processes too)
-//! are killed when the scenario ends.
+//! and Redis (one server, or a cluster of six nodes), on free loopback
+//! ports, and one or two replicas of each service, all real processes.
+//! Stopping any of them disturbs nothing outside the scenario; all of them
+//! (PostgreSQL's server processes too) are killed when the scenario ends.
 
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use anyhow::Context;
+use platform::{stream::Partitions, RedactedUrl, RedisClient, RedisConnection};
 use tempfile::TempDir;
 
 use crate::{
+    cluster,
     processes::{running_as_root, Binaries, Process, Recipe, User},
     support::{eventually, free_ports, port_open},
 };
@@ -52,9 +54,41 @@ const SERVICE_SETTINGS: [(&str, &str); 8] = [
 pub(crate) struct Topology {
     /// Replicas of each service.
     pub(crate) replicas: usize,
-    /// Whether Redis keeps an append-only file (fsynced at every write), so
-    /// a restart brings its data back.
-    pub(crate) redis_persistent: bool,
+    pub(crate) redis: RedisSetup,
+}
+
+/// The Redis the services share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisSetup {
+    /// One server, with an append-only file fsynced at every write (so a
+    /// restart brings its data back) or with no persistence at all.
+    Single { persistent: bool },
+    /// A cluster of three masters with a replica each (append-only files
+    /// fsynced at every write, replication asynchronous), the stream split
+    /// into `partitions` (`EVENTS_PARTITIONS`). The services never trim
+    /// the stream, so that what it holds after a failover can be compared
+    /// with what was appended.
+    Cluster { partitions: usize },
+}
+
+impl RedisSetup {
+    pub(crate) fn is_cluster(self) -> bool {
+        matches!(self, RedisSetup::Cluster { .. })
+    }
+
+    fn nodes(self) -> usize {
+        match self {
+            RedisSetup::Single { .. } => 1,
+            RedisSetup::Cluster { .. } => cluster::NODES,
+        }
+    }
+
+    fn partitions(self) -> usize {
+        match self {
+            RedisSetup::Single { .. } => 1,
+            RedisSetup::Cluster { partitions } => partitions,
+        }
+    }
 }
 
 /// The names the services share.
@@ -64,6 +98,9 @@ pub(crate) struct Names {
     pub(crate) read_db: String,
     pub(crate) stream: String,
     pub(crate) dead_letter_stream: String,
+    /// The stream's partitions: the keys of the stream and of the dead
+    /// letters, and which partition a book's events go to.
+    pub(crate) partitions: Partitions,
     pub(crate) group: String,
     /// The suite's own consumer group on the stream, which counts what was
     /// delivered.
@@ -89,8 +126,10 @@ pub(crate) struct System {
     pub(crate) postgres: Process,
     postgres_port: u16,
     postgres_bin: std::path::PathBuf,
-    pub(crate) redis: Process,
-    pub(crate) redis_port: u16,
+    pub(crate) redis_setup: RedisSetup,
+    /// The Redis server, or the cluster's nodes.
+    pub(crate) redis: Vec<Process>,
+    pub(crate) redis_ports: Vec<u16>,
     pub(crate) commands: Vec<Service>,
     pub(crate) queries: Vec<Service>,
     /// For the suite's own reads of both models.
@@ -102,9 +141,10 @@ pub(crate) struct System {
 
 impl System {
     /// Starts the servers (PostgreSQL, and FerretDB once PostgreSQL accepts
-    /// connections), creates the audit group (so that it sees every
-    /// entry from the first), then the query services and the command
-    /// services, and waits until every service is ready.
+    /// connections; Redis, or the cluster's nodes, then the cluster from
+    /// them), creates the audit group (so that it sees every entry from the
+    /// first), then the query services and the command services, and waits
+    /// until every service is ready.
     pub(crate) async fn start(
         binaries: &Binaries,
         topology: Topology,
@@ -114,18 +154,26 @@ impl System {
             .prefix(&format!("faults-{scenario}-"))
             .tempdir()
             .context("cannot create the scenario's directory")?;
+        let stream = "books:events";
         let names = Names {
             write_db: "books_write".to_owned(),
             read_db: "books_read".to_owned(),
-            stream: "books:events".to_owned(),
+            stream: stream.to_owned(),
             dead_letter_stream: "books:events:dead".to_owned(),
+            partitions: Partitions::new(
+                stream,
+                topology.redis.partitions(),
+                topology.redis.is_cluster(),
+            )?,
             group: "query-service".to_owned(),
             audit_group: "fault-audit".to_owned(),
         };
 
-        let mut ports = free_ports(3 + 2 * topology.replicas)?.into_iter();
+        let redis_nodes = topology.redis.nodes();
+        let mut ports = free_ports(2 + redis_nodes + 2 * topology.replicas)?.into_iter();
         let mut port = || ports.next().expect("a port for each process");
-        let (postgres_port, ferret_port, redis_port) = (port(), port(), port());
+        let (postgres_port, ferret_port) = (port(), port());
+        let redis_ports: Vec<u16> = (0..redis_nodes).map(|_| port()).collect();
         let query_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
         let command_ports: Vec<u16> = (0..topology.replicas).map(|_| port()).collect();
         let postgres = Process::start(postgres_recipe(binaries, dir.path(), postgres_port).await?)?;
@@ -137,12 +185,19 @@ impl System {
             ferret_port,
             postgres_port,
         )?)?;
-        let redis = Process::start(redis_recipe(
-            binaries,
-            dir.path(),
-            redis_port,
-            topology.redis_persistent,
-        )?)?;
+        let redis = redis_ports
+            .iter()
+            .enumerate()
+            .map(|(index, port)| {
+                Process::start(redis_recipe(
+                    binaries,
+                    dir.path(),
+                    topology.redis,
+                    index,
+                    *port,
+                )?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mongo = mongodb::Client::with_uri_str(format!(
             "mongodb://127.0.0.1:{ferret_port}/?serverSelectionTimeoutMS=3000&connectTimeoutMS=3000"
         ))
@@ -160,8 +215,9 @@ impl System {
             postgres,
             postgres_port,
             postgres_bin: binaries.postgres_bin.clone(),
+            redis_setup: topology.redis,
             redis,
-            redis_port,
+            redis_ports,
             commands: Vec::new(),
             queries: Vec::new(),
             mongo,
@@ -169,8 +225,9 @@ impl System {
             dir,
         };
         system.await_ferret().await?;
+        system.start_cluster(binaries).await?;
         system.await_redis().await?;
-        crate::audit::create_group(&system.redis_url(), &system.names).await?;
+        crate::audit::create_group(&system.redis_client()?, &system.names).await?;
 
         for (index, port) in query_ports.iter().enumerate() {
             let recipe = system.query_recipe(binaries, index, *port);
@@ -212,8 +269,30 @@ impl System {
         dir.keep()
     }
 
+    /// `redis://` for the one server, or `redis+cluster://` with every node
+    /// as a seed.
     pub(crate) fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        let addresses: Vec<String> = self
+            .redis_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        if self.redis_setup.is_cluster() {
+            format!("redis+cluster://{}", addresses.join(","))
+        } else {
+            format!("redis://{}", addresses[0])
+        }
+    }
+
+    /// A client of the services' Redis, as they open it.
+    pub(crate) fn redis_client(&self) -> anyhow::Result<RedisClient> {
+        RedisClient::open(&RedactedUrl::new(self.redis_url()))
+    }
+
+    /// A connection for the suite's own commands: reconnects by itself, and
+    /// follows the cluster's slots as they move.
+    pub(crate) fn redis_connection(&self) -> anyhow::Result<RedisConnection> {
+        Ok(self.redis_client()?.shared(Duration::from_secs(2))?)
     }
 
     pub(crate) fn mongo_url(&self) -> String {
@@ -242,8 +321,9 @@ impl System {
 
     /// Every process's log file.
     pub(crate) fn logs(&self) -> Vec<(String, std::path::PathBuf)> {
-        [&self.postgres, &self.ferret, &self.redis]
+        [&self.postgres, &self.ferret]
             .into_iter()
+            .chain(&self.redis)
             .chain(self.commands.iter().map(|s| &s.process))
             .chain(self.queries.iter().map(|s| &s.process))
             .map(|p| (p.name().to_owned(), p.log()))
@@ -288,8 +368,11 @@ impl System {
         Ok(())
     }
 
-    pub(crate) async fn restart_redis(&mut self) -> anyhow::Result<()> {
-        self.redis.restart()?;
+    /// Starts a killed Redis server (or cluster node) again on its data and
+    /// waits until it serves (a cluster: until it is whole again, a node
+    /// that came back as a replica linked to its master).
+    pub(crate) async fn restart_redis(&mut self, index: usize) -> anyhow::Result<()> {
+        self.redis[index].restart()?;
         self.await_redis().await
     }
 
@@ -315,19 +398,41 @@ impl System {
     }
 
     async fn await_redis(&self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.redis_url())?;
-        eventually("Redis to answer PING", START_DEADLINE, || {
-            let client = client.clone();
-            async move {
-                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .ok()
-            }
-        })
-        .await?;
+        if self.redis_setup.is_cluster() {
+            let ports = &self.redis_ports;
+            return eventually(
+                "the Redis Cluster to serve every slot with a replica per master",
+                START_DEADLINE,
+                || async { cluster::ready(ports).await.then_some(()) },
+            )
+            .await;
+        }
+        self.await_nodes().await
+    }
+
+    /// Waits until every Redis server or node answers PING.
+    async fn await_nodes(&self) -> anyhow::Result<()> {
+        for &port in &self.redis_ports {
+            eventually(
+                &format!("Redis on port {port} to answer PING"),
+                START_DEADLINE,
+                || async move { cluster::ask(port, &["PING"]).await },
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// Joins the nodes into a cluster, when the scenario has one.
+    async fn start_cluster(&self, binaries: &Binaries) -> anyhow::Result<()> {
+        if !self.redis_setup.is_cluster() {
+            return Ok(());
+        }
+        let redis_cli = binaries.redis_cli.as_ref().context(
+            "redis-cli is not on PATH: it comes with redis-server (`scripts/servers.sh up` installs it)",
+        )?;
+        self.await_nodes().await?;
+        cluster::create(redis_cli, &self.redis_ports, self.dir()).await
     }
 
     fn service_env(&self) -> Vec<(String, String)> {
@@ -338,15 +443,24 @@ impl System {
                 ("MONGO_URL", self.mongo_url()),
                 ("REDIS_URL", self.redis_url()),
                 ("EVENTS_STREAM", self.names.stream.clone()),
+                (
+                    "EVENTS_PARTITIONS",
+                    self.names.partitions.count().to_string(),
+                ),
                 ("RUST_LOG", "info".to_owned()),
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );
-        env.extend(
-            SERVICE_SETTINGS
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        let cluster = self.redis_setup.is_cluster();
+        env.extend(SERVICE_SETTINGS.iter().map(|&(k, v)| {
+            // On a cluster the stream is never trimmed (see `RedisSetup`).
+            let v = if cluster && k == "STREAM_TRIM_INTERVAL_MS" {
+                "0"
+            } else {
+                v
+            };
+            (k.to_owned(), v.to_owned())
+        }));
         env
     }
 
@@ -411,7 +525,7 @@ impl System {
 
 /// What every child keeps of the test's environment: nothing but where
 /// programs and temporary files are.
-fn base_env() -> Vec<(String, String)> {
+pub(crate) fn base_env() -> Vec<(String, String)> {
     ["PATH", "HOME", "TMPDIR"]
         .into_iter()
         .filter_map(|name| Some((name.to_owned(), std::env::var(name).ok()?)))
@@ -579,18 +693,26 @@ fn ferret_recipe(
     })
 }
 
-/// Redis on `port` with its files in `<dir>/redis`: with an append-only
-/// file fsynced at every write (as `scripts/servers.sh` runs it), or with no
-/// persistence at all, so that a restart starts empty.
+/// Redis on `port`. The one server keeps its files in `<dir>/redis`: with
+/// an append-only file fsynced at every write (as `scripts/servers.sh` runs
+/// it), or with no persistence at all, so that a restart starts empty.
+/// Cluster node `index` keeps its append-only file and its `nodes.conf`
+/// (its identity, slots and peers, with which a restarted node rejoins) in
+/// `<dir>/redis-<index + 1>`.
 fn redis_recipe(
     binaries: &Binaries,
     dir: &Path,
+    setup: RedisSetup,
+    index: usize,
     port: u16,
-    persistent: bool,
 ) -> anyhow::Result<Recipe> {
-    let data = dir.join("redis");
+    let name = match setup {
+        RedisSetup::Single { .. } => "redis".to_owned(),
+        RedisSetup::Cluster { .. } => format!("redis-{}", index + 1),
+    };
+    let data = dir.join(&name);
     std::fs::create_dir_all(&data)?;
-    let args = [
+    let mut args = [
         "--port",
         &port.to_string(),
         "--bind",
@@ -599,15 +721,21 @@ fn redis_recipe(
         &data.display().to_string(),
         "--save",
         "",
-        "--appendonly",
-        if persistent { "yes" } else { "no" },
-        "--appendfsync",
-        "always",
     ]
     .map(str::to_owned)
     .to_vec();
+    let persistence: &[&str] = match setup {
+        RedisSetup::Single { persistent } => &[
+            "--appendonly",
+            if persistent { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
+        ],
+        RedisSetup::Cluster { .. } => &cluster::NODE_ARGS,
+    };
+    args.extend(persistence.iter().map(|arg| (*arg).to_owned()));
     Ok(Recipe {
-        name: "redis".to_owned(),
+        name,
         program: binaries.redis_server.clone(),
         args,
         env: base_env(),
