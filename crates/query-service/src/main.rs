@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         "reconcile" => {
             let named = ActiveGeneration::named(&servers.read_db).await?;
             let books = Books::on(ActiveGeneration::fixed(&servers.read_db, &named));
-            let report = reconcile(&servers.write_books, &books, &emit).await?;
+            let report = reconcile(&servers.write_books, &books, &emit, None).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         "rebuild" => {

@@ -62,11 +62,11 @@ impl Rebuild {
         tracing::info!(%generation, %previous, "rebuilding the read model");
 
         let apply = Repair::Write(read_model.clone());
-        let filled = reconcile(&self.write_books, &read_model, &apply).await?;
+        let filled = reconcile(&self.write_books, &read_model, &apply, None).await?;
         tracing::info!(?filled, "new generation filled");
         let mut catch_up = Vec::new();
         for _ in 0..CATCH_UP_WALKS {
-            let walk = reconcile(&self.write_books, &read_model, &apply).await?;
+            let walk = reconcile(&self.write_books, &read_model, &apply, None).await?;
             let done = walk.repaired == 0;
             catch_up.push(walk);
             if done {
@@ -94,7 +94,8 @@ impl Rebuild {
         if !lagging.is_empty() {
             tracing::warn!(?lagging, "replicas did not follow the switch in time");
         }
-        let after_switch = reconcile(&self.write_books, &read_model, &self.after_switch).await?;
+        let after_switch =
+            reconcile(&self.write_books, &read_model, &self.after_switch, None).await?;
         tracing::info!(?after_switch, "rebuild done");
 
         let old = Collections::of(&self.db, &previous);

@@ -7,7 +7,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use bson::{doc, oid::ObjectId};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::{BookEvent, BookId};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::Collection;
@@ -168,15 +168,23 @@ struct WrittenBook {
     book: BookDocument,
     #[serde(default)]
     outbox: Vec<bson::Bson>,
+    /// When its oldest pending event was stored.
+    #[serde(rename = "outboxAt")]
+    outbox_at: Option<bson::DateTime>,
 }
 
 /// Compares the write model's books with `read_model` and repairs what the
-/// read model lacks or holds at an older version.
+/// read model lacks or holds at an older version. A book whose events the
+/// relay has still to publish is left to it, unless they are older than
+/// `lost_at`: when Redis may have lost what it was sent, the relay may have
+/// published them there and not cleared them yet.
 pub async fn reconcile(
     write_books: &Collection<BookDocument>,
     read_model: &Books,
     repair: &Repair,
+    lost_at: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Report> {
+    let lost_at = lost_at.map(bson::DateTime::from_chrono);
     let mut report = Report::default();
     let mut written = write_books
         .clone_with_type::<WrittenBook>()
@@ -189,6 +197,7 @@ pub async fn reconcile(
     while let Some(WrittenBook {
         book: document,
         outbox,
+        outbox_at,
     }) = written.try_next().await?
     {
         report.checked += 1;
@@ -209,7 +218,8 @@ pub async fn reconcile(
             continue;
         }
         // The relay still has to publish this book's events.
-        if !outbox.is_empty() {
+        let maybe_lost = outbox_at.zip(lost_at).is_some_and(|(at, lost)| at < lost);
+        if !outbox.is_empty() && !maybe_lost {
             report.unpublished += 1;
             continue;
         }
@@ -285,22 +295,22 @@ impl Reconciler {
             settle: SETTLE,
         };
         let mut backoff = RETRY;
-        // A walk asked for because events were lost must run even while
-        // another replica walks: that walk may already have passed the
-        // books concerned. Periodic walks just skip a turn.
-        let mut must_run = false;
+        // When Redis may have lost events: a walk that must run even while
+        // another replica walks (that walk may already have passed the
+        // books concerned). Periodic walks just skip a turn.
+        let mut lost_at = None;
         loop {
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return,
-                outcome = self.run_once(&repair) => outcome,
+                outcome = self.run_once(&repair, lost_at) => outcome,
             };
             let pause = match outcome {
                 Ok(Walk::Done) => {
                     backoff.reset();
-                    must_run = false;
+                    lost_at = None;
                     None
                 }
-                Ok(Walk::Busy) if !must_run => None,
+                Ok(Walk::Busy) if lost_at.is_none() => None,
                 Ok(Walk::Busy) => Some(BUSY_RETRY),
                 Err(error) => {
                     let pause = backoff.next_delay();
@@ -320,19 +330,23 @@ impl Reconciler {
                 () = next => {}
                 () = self.wake.notified() => {
                     tracing::info!("Redis may have lost events: reconciling");
-                    must_run = true;
+                    lost_at = Some(Utc::now());
                 }
             }
         }
     }
 
-    async fn run_once(&self, repair: &Repair) -> anyhow::Result<Walk> {
+    async fn run_once(
+        &self,
+        repair: &Repair,
+        lost_at: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Walk> {
         let mut redis = self.redis.clone();
         // While the group has a backlog, the read model is behind by design:
         // a walk would re-emit what is already on its way and add to the
         // backlog it is waiting for.
         let backlog = self.backlog(&mut redis).await?;
-        if backlog > BACKLOG_LIMIT * self.partitions.count() as u64 {
+        if backlog > BACKLOG_LIMIT {
             tracing::debug!(
                 backlog,
                 "the consumer group has a backlog; reconciling later"
@@ -344,7 +358,7 @@ impl Reconciler {
             return Ok(Walk::Busy);
         }
         let started = tokio::time::Instant::now();
-        let outcome = reconcile(&self.write_books, &self.read_model, repair).await;
+        let outcome = reconcile(&self.write_books, &self.read_model, repair, lost_at).await;
         self.lease.release(&mut redis).await;
         let report = outcome?;
         if report.repaired > 0 || report.unknown > 0 || report.invalid > 0 {
@@ -362,8 +376,8 @@ enum Walk {
     Busy,
 }
 
-/// Entries the group may have unread or pending, per partition, for a walk
-/// to run: about a batch, which the settle time covers.
+/// Entries the group may have unread or pending, all partitions together,
+/// for a walk to run: about a batch, which the settle time covers.
 const BACKLOG_LIMIT: u64 = 256;
 
 impl Reconciler {

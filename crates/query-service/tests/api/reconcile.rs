@@ -99,7 +99,9 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
     let write_books = app.write_books().clone_with_type();
 
     let repair = Repair::Write(read_model.clone());
-    let report = reconcile(&write_books, &read_model, &repair).await.unwrap();
+    let report = reconcile(&write_books, &read_model, &repair, None)
+        .await
+        .unwrap();
 
     assert_eq!(
         report,
@@ -126,7 +128,9 @@ async fn a_walk_repairs_missing_and_stale_books_and_leaves_unknown_ones_alone() 
             book.state.title.as_str()
         );
     }
-    let again = reconcile(&write_books, &read_model, &repair).await.unwrap();
+    let again = reconcile(&write_books, &read_model, &repair, None)
+        .await
+        .unwrap();
     assert_eq!(again.repaired, 0, "a second walk finds nothing: {again:?}");
     app.stop().await;
 }
@@ -148,11 +152,50 @@ async fn a_walk_skips_write_model_documents_that_are_not_books() {
         &app.write_books().clone_with_type(),
         &read_model,
         &Repair::Write(read_model.clone()),
+        None,
     )
     .await
     .unwrap();
 
     assert_eq!((report.missing, report.invalid), (1, 1), "{report:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_redis_lost_events_a_book_published_before_but_not_cleared_is_repaired() {
+    let app = spawn_app().await;
+    let read_model = Books::new(&app.db);
+    let lost = new_book("Published to a server that died");
+    let pending = new_book("Stored after the loss");
+    let now = bson::DateTime::now().timestamp_millis();
+    let with_outbox = |book, at: i64| {
+        let mut document = write_document(book);
+        document.insert("outbox", vec![bson::Bson::String("{}".to_owned())]);
+        document.insert("outboxAt", bson::DateTime::from_millis(at));
+        document
+    };
+    app.write_books()
+        .insert_many([
+            with_outbox(&lost, now - 60_000),
+            with_outbox(&pending, now + 60_000),
+        ])
+        .await
+        .unwrap();
+    let write_books = app.write_books().clone_with_type();
+    let repair = Repair::Write(read_model.clone());
+
+    // With no loss, both are the relay's.
+    let report = reconcile(&write_books, &read_model, &repair, None)
+        .await
+        .unwrap();
+    assert_eq!((report.unpublished, report.repaired), (2, 0), "{report:?}");
+
+    let report = reconcile(&write_books, &read_model, &repair, Some(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!((report.unpublished, report.repaired), (1, 1), "{report:?}");
+    assert!(read_model.find(&lost.id).await.unwrap().is_some());
+    assert!(read_model.find(&pending.id).await.unwrap().is_none());
     app.stop().await;
 }
 
