@@ -56,7 +56,8 @@ pub struct Consumer {
     pub status: WorkerStatus,
     /// Each partition's own status, which `status` sums up.
     pub partitions_up: Vec<AtomicBool>,
-    /// The run id of the Redis server holding each partition, once known.
+    /// The Redis server holding each partition (run and replication ids),
+    /// once known.
     pub servers: Mutex<Vec<Option<String>>>,
 }
 
@@ -124,7 +125,7 @@ impl Consumer {
         }
     }
 
-    /// Notes the run id of the server holding `partition`. Another one
+    /// Notes the server holding `partition` (its ids). Another one
     /// than before means Redis may have lost its last writes: events, which
     /// a reconciliation repairs, and cache entries, which the cache leaves
     /// behind in its old epoch.
@@ -140,7 +141,7 @@ impl Consumer {
             (before, servers.iter().cloned().collect::<Option<Vec<_>>>())
         };
         if before.is_some_and(|before| before != now) {
-            tracing::warn!(stream = %session.stream_name(), server = %now, "another Redis server holds the partition now (a restart or a failover): reconciling");
+            tracing::warn!(stream = %session.stream().stream, server = %now, "another Redis server holds the partition now (a restart or a failover): reconciling");
             self.events_lost.notify_one();
         }
         if let Some(all) = all {

@@ -157,10 +157,6 @@ impl<'a> Session<'a> {
         self.stream
     }
 
-    pub fn stream_name(&self) -> &str {
-        &self.stream.stream
-    }
-
     /// Up to a batch of entries from `cursor`; a read of new entries waits
     /// up to `block` for one.
     pub async fn read(&mut self, cursor: &Cursor) -> redis::RedisResult<Vec<Delivery>> {

@@ -114,12 +114,12 @@ impl BookCache {
         }
     }
 
-    /// Names the Redis servers (their run ids) that hold the stream's
-    /// partitions now; when they changed, the cache starts afresh under
-    /// another epoch. Every replica sees the same servers, hence the same
+    /// Names the Redis servers (their run and replication ids) that hold
+    /// the stream's partitions now; when they changed, the cache starts
+    /// afresh under another epoch. Every replica sees the same servers, hence the same
     /// epoch.
-    pub fn set_servers(&self, run_ids: &[String]) {
-        let epoch = epoch_of(run_ids);
+    pub fn set_servers(&self, servers: &[String]) {
+        let epoch = epoch_of(servers);
         let mut current = self.epoch.write().expect("never poisoned");
         if current.as_deref() != Some(epoch.as_str()) {
             tracing::info!(%epoch, "cache epoch set from the Redis servers");
@@ -232,11 +232,11 @@ fn hmget(key: &str) -> redis::Cmd {
     command
 }
 
-/// The epoch named after these servers' run ids: 12 hex digits of their
-/// FNV-1a hash, the same in every process.
-pub fn epoch_of(run_ids: &[String]) -> String {
+/// The epoch named after these servers (each named by its ids): 12 hex
+/// digits of their FNV-1a hash, the same in every process.
+pub fn epoch_of(servers: &[String]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in run_ids.join(",").bytes() {
+    for byte in servers.join(",").bytes() {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{:012x}", hash >> 16)
