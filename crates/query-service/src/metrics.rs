@@ -10,7 +10,8 @@ use platform::{
     metrics::{Collector, Gauge},
     RedisConnection,
 };
-use redis::streams::StreamInfoGroupsReply;
+
+use crate::apply::stream::groups_on;
 
 const CONSUMED: &str = "books_events_consumed_total";
 const APPLIED: &str = "books_events_applied_total";
@@ -156,18 +157,10 @@ impl ConsumerGroup {
     /// for one, e.g. after entries were deleted from the middle of its
     /// stream) and pending count.
     async fn figures(&self) -> anyhow::Result<(Option<usize>, usize)> {
+        let groups = groups_on(&mut self.redis.clone(), &self.streams, &self.group).await?;
         let (mut lag, mut pending) = (Some(0), 0);
-        for stream in &self.streams {
-            let mut redis = self.redis.clone();
-            let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(&mut redis)
-                .await?;
-            let group = reply
-                .groups
-                .into_iter()
-                .find(|group| group.name == self.group)
+        for (group, stream) in groups.into_iter().zip(&self.streams) {
+            let group = group
                 .ok_or_else(|| anyhow::anyhow!("no consumer group {} on {stream}", self.group))?;
             lag = lag.zip(group.lag).map(|(sum, lag)| sum + lag);
             pending += group.pending;

@@ -8,7 +8,9 @@ use std::{collections::HashMap, time::Duration};
 use domain::BookEvent;
 use platform::{error::Failure, stream::Partitions, RedisClient, RedisConnection};
 use redis::{
-    streams::{StreamId, StreamPendingCountReply, StreamReadReply},
+    streams::{
+        StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
+    },
     Value,
 };
 
@@ -46,6 +48,30 @@ local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local replication = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
 return (run or '?') .. ':' .. (replication or '?')
 ";
+
+/// The consumer group `group` on each of `streams` (XINFO GROUPS): `None`
+/// where the stream or the group does not exist.
+pub async fn groups_on(
+    redis: &mut RedisConnection,
+    streams: &[String],
+    group: &str,
+) -> redis::RedisResult<Vec<Option<StreamInfoGroup>>> {
+    let mut found = Vec::with_capacity(streams.len());
+    for stream in streams {
+        let reply: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut *redis)
+            .await;
+        found.push(match reply {
+            Ok(reply) => reply.groups.into_iter().find(|g| g.name == group),
+            // No such stream.
+            Err(error) if error.code() == Some("ERR") => None,
+            Err(error) => return Err(error),
+        });
+    }
+    Ok(found)
+}
 
 /// One partition of the consumer group's stream, as one consumer of the
 /// group sees it.

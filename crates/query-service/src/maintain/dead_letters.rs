@@ -86,9 +86,9 @@ impl DeadLetters {
 
     /// Appends the dead letters with these ids (all when `ids` is empty)
     /// to their partition of the event stream again and removes them from
-    /// the dead-letter stream, each atomically and only if this call removed it (so two
-    /// concurrent re-drives do not append one letter twice); returns how
-    /// many were re-driven. Unknown ids are an error, before anything moves.
+    /// the dead-letter stream, each atomically and only if this call
+    /// removed it (so two concurrent re-drives do not append one letter
+    /// twice); returns how many were re-driven. Unknown ids are an error, before anything moves.
     pub async fn redrive(&self, ids: &[String]) -> anyhow::Result<usize> {
         let letters = self.list().await?;
         let unknown: Vec<&String> = ids

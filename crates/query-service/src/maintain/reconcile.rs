@@ -4,7 +4,7 @@
 //! even when events were lost on the way (Redis restarted without
 //! persistence, a stream trimmed by hand). Repairs are harmless to repeat.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::read_model::Books;
+use crate::{apply::stream::groups_on, read_model::Books};
 
 /// How long a book found behind may take to catch up by its own event
 /// before it is emitted again: events in flight normally take
@@ -382,32 +382,14 @@ const BACKLOG_LIMIT: u64 = 256;
 
 impl Reconciler {
     /// Entries of the partitions the group has not read yet (`lag`, when
-    /// Redis knows it) plus those it holds pending.
+    /// Redis knows it) plus those it holds pending; none where there is no
+    /// stream or group yet.
     async fn backlog(&self, redis: &mut RedisConnection) -> anyhow::Result<u64> {
-        let number = |group: &HashMap<String, redis::Value>, field: &str| match group.get(field) {
-            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-            _ => 0,
-        };
-        let mut backlog = 0;
-        for stream in self.partitions.streams() {
-            let groups: Vec<HashMap<String, redis::Value>> = match redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async(redis)
-                .await
-            {
-                Ok(groups) => groups,
-                // No stream yet: nothing to wait for.
-                Err(error) if error.code() == Some("ERR") => continue,
-                Err(error) => return Err(error.into()),
-            };
-            backlog += groups
-                .iter()
-                .find(|group| {
-                    matches!(group.get("name"), Some(redis::Value::BulkString(name)) if name.as_slice() == self.group.as_bytes())
-                })
-                .map_or(0, |group| number(group, "lag") + number(group, "pending"));
-        }
-        Ok(backlog)
+        let groups = groups_on(redis, &self.partitions.streams(), &self.group).await?;
+        Ok(groups
+            .iter()
+            .flatten()
+            .map(|group| (group.lag.unwrap_or(0) + group.pending) as u64)
+            .sum())
     }
 }
